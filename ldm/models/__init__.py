@@ -1,0 +1,1 @@
+"""Networks of Stable Diffusion v1 with CompVis parameter names; no sampling, no file I/O."""

@@ -1,0 +1,1 @@
+"""Diffusion schedules and the DDIM sampler with blending, RePaint and SDEdit starts."""

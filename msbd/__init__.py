@@ -1,0 +1,1 @@
+"""Multi-Stage Blended Diffusion: megapixel text-guided editing (Ackermann & Li, 2022)."""
