@@ -1,0 +1,1 @@
+"""Key mappings from the diffusers / transformers layouts to our CompVis-named modules."""
