@@ -20,7 +20,15 @@ Two crop rules are offered (`crop_rule`):
 
 All boxes of a `CropPlan` are in *work* coordinates: the original image after the optional upsampling and
 padding. `to_work_image` / `to_work_mask` build the work tensors, `from_work_image` and `box_to_original`
-map results back.
+map results back. Typical use by the pipeline:
+
+    plan = plan_crop(mask_soft, margin)                       # square, final rectangle, work space
+    image_w, mask_w = to_work_image(image, plan), to_work_mask(mask, plan)
+    for edge in stage_sizes(plan.long_edge, ...):             # §7
+        geom = stage_geometry(edge, plan.diff_h, plan.diff_w, prev_hw)
+        box = place_crop(mask_w[0, 0].numpy() > 0, *geom.crop_hw, plan.crop_rule)  # §8 recrop
+    # unscaled plan: orig_box, inner = box_to_original(box, plan); paste crop[..., inner] at orig_box
+    # upsampled plan: paste into the work image, from_work_image(...), paste the whole image
 """
 from __future__ import annotations
 
@@ -192,6 +200,11 @@ class CropPlan:
     def work_hw(self) -> tuple[int, int]:
         top, bottom, left, right = self.pad
         return self.scaled_hw[0] + top + bottom, self.scaled_hw[1] + left + right
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        """Upsampling factor per axis (rows, cols) applied before cropping; (1, 1) when none."""
+        return self.scaled_hw[0] / self.image_hw[0], self.scaled_hw[1] / self.image_hw[1]
 
     @property
     def upsampled(self) -> bool:

@@ -52,6 +52,7 @@ def grid_tiles(height: int, width: int, tile: int = 768, overlap: int = 128, min
 
     One tile if both sides are < tile. drop_redundant=False reproduces the reference's extra tiles
     (W mod (tile-overlap) in {64, 128}); e.g. W=1344 -> cols [0,768), [640,1344), [832,1344).
+    Deviation: a side shorter than min_tile gives one span [0, side) (the reference's start goes negative).
     """
     if overlap >= tile:
         raise ValueError(f"overlap ({overlap}) must be smaller than the tile ({tile})")

@@ -100,6 +100,7 @@ def test_tiny_image_plans_upsampling():
         plan_crop(mask, crop_rule="reference")
     plan = plan_crop(mask)
     assert plan.upsampled and plan.scaled_hw == (512, 768) and plan.work_hw == (512, 768)
+    assert plan.scale == (512 / 200, 768 / 300)
     assert plan.side == 512 and Box(0, 0, 512, 768).contains(plan.square)
     assert plan.uncovered_px == 0
     image = torch.rand(1, 3, 200, 300)

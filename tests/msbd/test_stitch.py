@@ -30,6 +30,7 @@ def test_redundant_rows_and_single_tile():
     assert spans(grid_tiles(768, 1344, drop_redundant=False), 0) == [(0, 768), (256, 768)]
     assert spans(grid_tiles(768, 1344), 0) == [(0, 768)]
     assert grid_tiles(700, 767) == [Box(0, 0, 700, 767)]
+    assert spans(grid_tiles(300, 1344), 0) == [(0, 300)]  # short side: no negative start
 
 
 def test_redundant_tile_exactly_when_w_mod_640_is_64_or_128():
@@ -181,6 +182,17 @@ def test_paste_back_feather_only_inside():
     assert 0 < row[16] < row[17] < row[18] < row[19] < 255 and row[20:44].min() == 255
     hard = paste_back(original, torch.ones(3, 64, 64), box, mask)
     assert hard[32, 16, 0] == 255
+
+
+def test_paste_back_feather_not_at_image_border():
+    original = np.zeros((64, 64, 3), dtype=np.uint8)
+    mask = np.zeros((64, 64), dtype=bool)
+    mask[:32] = True  # touches the top, left and right image borders
+    out = paste_back(original, torch.ones(3, 64, 64), Box(0, 0, 64, 64), mask, feather_px=4)
+    assert (out[:27] == 255).all()  # no fade towards the image border
+    assert 0 < out[31, 32, 0] < out[28, 32, 0] < 255 and (out[32:] == 0).all()
+    inner = paste_back(original, torch.ones(3, 32, 64), Box(0, 0, 32, 64), mask, feather_px=4)
+    assert inner[31, 32, 0] < 255  # the crop's inner edge is treated as unedited
 
 
 def test_paste_back_validates_shapes():
