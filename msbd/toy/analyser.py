@@ -1,0 +1,273 @@
+"""Deterministic analysis of a toy-world edit: did the edit add exactly one object of the prompt's colour and
+shape, as sharp as the renderer's, without a seam, leaving the rest of the image untouched?
+
+Measures (all on uint8 images, no learning):
+* `count`: connected components (8-connected) of pixels of the prompt's colour inside the dilated mask with
+  at least `min_area_frac` of the expected object area. One is right; several is the repeated-object failure.
+  Colour membership uses the palette constraint of `msbd.toy.scenes`: chroma >= `chroma_min` and the nearest
+  palette hue.
+* `dominant_colour` / `colour_ok`: the palette colour covering most pixels inside the mask whose colour class
+  changed from the input.
+* `shape` / `shape_ok`: template matching of the largest component against each shape at the component's
+  centroid and area, best rotation in 3 degree steps; `shape_score` is the best IoU.
+* `edge_width_px`: 10-90 % width of the median edge profile sampled along outward normals of the largest
+  component, each profile aligned at its own 50 % crossing. `edge_width_ref_px` is the same on the ground
+  truth render at that size; a Gaussian blur of a sharp edge gives about 2.56 sigma.
+* `seam`: mean gradient energy in a band along the mask contour divided by the same in the input image
+  (1 for an untouched contour); `seam_ref` is that ratio for the ground truth.
+* `psnr_outside`: PSNR (peak 255) between edited and input over pixels outside the mask, inf if identical.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from msbd.toy.scenes import COLOURS, PALETTE_HUES, EditTask, render
+from msbd.toy.shapes import SHAPES, SYMMETRY, inside, shape_area
+
+_HUES = np.array([PALETTE_HUES[c] for c in COLOURS])
+_EIGHT = np.ones((3, 3), dtype=bool)
+
+
+@dataclass(frozen=True)
+class AnalyserConfig:
+    chroma_min: float = 0.4  # min (max - min channel) in [0, 1] of an object pixel
+    min_area_frac: float = 0.1  # components smaller than this fraction of the expected area are ignored
+    min_area_px: int = 4
+    dilate_frac: float = 0.02  # the mask is grown by this fraction of the short side (at least 2 px)
+    seam_band_frac: float = 1 / 128  # half-width of the contour band: one pixel of a 128 px render (>= 2 px)
+    shape_step_deg: float = 3.0
+    shape_max_px: int = 64  # components are downsampled to about this size before template matching
+    edge_max_points: int = 1000
+    edge_step_px: float = 0.05
+
+
+@dataclass(frozen=True)
+class EditReport:
+    count: int
+    dominant_colour: str | None
+    colour_ok: bool
+    shape: str | None
+    shape_score: float
+    shape_ok: bool
+    edge_width_px: float
+    edge_width_ref_px: float
+    edge_ratio: float
+    seam: float
+    seam_ref: float
+    psnr_outside: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def colour_classes(image: np.ndarray, chroma_min: float = 0.4) -> np.ndarray:
+    """Palette index (into `COLOURS`) of each pixel, -1 where the chroma is too low for an object. [H, W] int8"""
+    rgb = image.astype(np.float32) / 255
+    hi, lo = rgb.max(axis=-1), rgb.min(axis=-1)
+    chroma = hi - lo
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    c = np.maximum(chroma, 1e-6)
+    hue = np.where(hi == r, (g - b) / c % 6, np.where(hi == g, (b - r) / c + 2, (r - g) / c + 4)) * 60
+    diff = np.abs(hue[..., None] - _HUES) % 360
+    nearest = np.minimum(diff, 360 - diff).argmin(axis=-1).astype(np.int8)
+    return np.where(chroma >= chroma_min, nearest, np.int8(-1))
+
+
+def components(member: np.ndarray, min_area: float) -> list[np.ndarray]:
+    """Boolean masks of the 8-connected components of `member` with area >= min_area, largest first."""
+    labels, n = ndimage.label(member, structure=_EIGHT)
+    areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    order = [i for i in np.argsort(-areas, kind="stable") if areas[i] >= min_area]
+    return [labels == i + 1 for i in order]
+
+
+def _block_mean(mask: np.ndarray, factor: int) -> np.ndarray:
+    h, w = -(-mask.shape[0] // factor) * factor, -(-mask.shape[1] // factor) * factor
+    padded = np.zeros((h, w), dtype=np.float32)
+    padded[: mask.shape[0], : mask.shape[1]] = mask
+    return padded.reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
+
+
+def classify_shape(component: np.ndarray, step_deg: float = 3.0, max_px: int = 64) -> tuple[str | None, float]:
+    """Best-matching shape of a boolean component and its IoU (None, 0 for tiny components)."""
+    rows, cols = np.nonzero(component)
+    if len(rows) < 9:
+        return None, 0.0
+    crop = component[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    factor = max(1, math.ceil(max(crop.shape) / max_px))
+    small = _block_mean(crop, factor) >= 0.5 if factor > 1 else crop
+    small = np.pad(small, 2)
+    ys, xs = np.nonzero(np.ones_like(small))
+    weight = small.ravel()
+    area = weight.sum()
+    dx = xs + 0.5 - (xs + 0.5)[weight].mean()
+    dy = ys + 0.5 - (ys + 0.5)[weight].mean()
+    best = (None, -1.0)
+    for shape in SHAPES:
+        radius = math.sqrt(area / shape_area(shape, 1.0))
+        n_angles = 1 if shape == "circle" else max(1, round(math.degrees(SYMMETRY[shape]) / step_deg))
+        for k in range(n_angles):
+            template = inside(shape, radius, SYMMETRY[shape] * k / n_angles, dx, dy)
+            iou = (template & weight).sum() / (template | weight).sum()
+            if iou > best[1]:
+                best = (shape, float(iou))
+    return best
+
+
+def _crossing(profile: np.ndarray, start: int, level: float, direction: int, step: float) -> float:
+    """Sub-sample position (in samples) where `profile` first passes `level` walking from `start`."""
+    i = start
+    while 0 <= i + direction < len(profile):
+        a, b = profile[i], profile[i + direction]
+        if (a - level) * (b - level) <= 0 and a != b:
+            return i + direction * (a - level) / (a - b)
+        i += direction
+    return float(i)
+
+
+def edge_width(image: np.ndarray, component: np.ndarray, max_points: int = 1000, step: float = 0.05) -> float:
+    """10-90 % width (pixels) of the component's edge in `image`, from profiles along outward normals."""
+    rgb = image.astype(np.float32) / 255
+    area = float(component.sum())
+    reach = min(max(0.5 * math.sqrt(area / math.pi), 3.0), 24.0)
+    core = ndimage.binary_erosion(component, iterations=2)
+    colour = np.median(rgb[core if core.any() else component], axis=0)
+    by, bx = np.nonzero(component & ~ndimage.binary_erosion(component))
+    keep = slice(None, None, max(1, len(by) // max_points))
+    by, bx = by[keep], bx[keep]
+    smooth = ndimage.gaussian_filter(component.astype(np.float32), 1.5)
+    gy, gx = np.gradient(smooth)
+    norm = np.hypot(gy[by, bx], gx[by, bx])
+    ok = norm > 1e-3
+    ny, nx = -gy[by, bx][ok] / norm[ok], -gx[by, bx][ok] / norm[ok]  # outward unit normals
+    s = np.arange(-reach, reach + step / 2, step)
+    coords = [by[ok][:, None] + s * ny[:, None], bx[ok][:, None] + s * nx[:, None]]  # [N, S] each
+    samples = np.stack([ndimage.map_coordinates(rgb[..., c], coords, order=1, mode="nearest") for c in range(3)])
+    dist = np.linalg.norm(samples - colour[:, None, None], axis=0)  # [N, S], 0 inside, contrast outside
+    end = max(1, round(1.0 / step))
+    d_in, d_out = dist[:, :end].mean(axis=1), dist[:, -end:].mean(axis=1)
+    contrast = d_out - d_in
+    good = contrast > 0.5 * np.median(contrast)
+    if good.sum() < 3:
+        return float("nan")
+    alpha = (d_out[good, None] - dist[good]) / contrast[good, None]  # 1 inside, 0 outside
+    centre = (alpha > 0.5).sum(axis=1)  # index of the 50 % crossing of a monotone profile
+    half = len(s) // 2 - round(1.5 / step)
+    offsets = np.arange(-half, half + 1)
+    aligned = np.take_along_axis(alpha, np.clip(centre[:, None] + offsets, 0, len(s) - 1), axis=1)
+    profile = np.median(aligned, axis=0)
+    lo, hi = profile[-end:].mean(), profile[:end].mean()
+    profile = (profile - lo) / max(hi - lo, 1e-6)
+    mid = half
+    return float(_crossing(profile, mid, 0.1, +1, step) - _crossing(profile, mid, 0.9, -1, step)) * step
+
+
+def contour_band(mask: np.ndarray, band_px: float) -> np.ndarray:
+    """Pixels within `band_px` of the mask contour, on both sides. [H, W] bool"""
+    inner = ndimage.distance_transform_edt(mask)
+    outer = ndimage.distance_transform_edt(~mask)
+    return np.where(mask, inner, outer) <= band_px
+
+
+def gradient_energy(image: np.ndarray) -> np.ndarray:
+    """Squared gradient magnitude summed over channels (central differences), [H, W]."""
+    rgb = image.astype(np.float32) / 255
+    gy, gx = np.gradient(rgb, axis=(0, 1))
+    return (gy**2 + gx**2).sum(axis=-1)
+
+
+def seam_strength(edited: np.ndarray, source: np.ndarray, mask: np.ndarray, band_px: float) -> float:
+    """Mean gradient energy along the mask contour in `edited` over the same in `source`."""
+    band = contour_band(mask, band_px)
+    if not band.any() or band.all():
+        raise ValueError("the mask has no contour")
+    return float(gradient_energy(edited)[band].mean() / max(gradient_energy(source)[band].mean(), 1e-12))
+
+
+def psnr_outside(edited: np.ndarray, source: np.ndarray, mask: np.ndarray, rows_per_chunk: int = 512) -> float:
+    """PSNR (dB, peak 255) over pixels where mask is False; inf if identical there."""
+    total, count = 0.0, 0
+    for r in range(0, mask.shape[0], rows_per_chunk):
+        keep = ~mask[r : r + rows_per_chunk]
+        diff = edited[r : r + rows_per_chunk][keep].astype(np.float64) - source[r : r + rows_per_chunk][keep]
+        total += float((diff**2).sum())
+        count += diff.size
+    if count == 0:
+        raise ValueError("the mask covers the whole image")
+    mse = total / count
+    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def _check_inputs(edited: np.ndarray, mask: np.ndarray, source: np.ndarray) -> None:
+    if edited.dtype != np.uint8 or edited.ndim != 3 or edited.shape[2] != 3:
+        raise ValueError(f"edited must be uint8 [H, W, 3], got {edited.dtype} {edited.shape}")
+    if source.shape != edited.shape or source.dtype != np.uint8:
+        raise ValueError(f"source must be uint8 {edited.shape}, got {source.dtype} {source.shape}")
+    if mask.shape != edited.shape[:2] or mask.dtype != bool:
+        raise ValueError(f"mask must be bool {edited.shape[:2]}, got {mask.dtype} {mask.shape}")
+    if not mask.any():
+        raise ValueError("the mask is empty")
+
+
+def _crop_box(mask: np.ndarray, margin: int) -> tuple[int, int, int, int]:
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    top, left = max(rows[0] - margin, 0), max(cols[0] - margin, 0)
+    bottom, right = min(rows[-1] + 1 + margin, mask.shape[0]), min(cols[-1] + 1 + margin, mask.shape[1])
+    return int(top), int(left), int(bottom - top), int(right - left)
+
+
+def _largest(image: np.ndarray, colour: int, region: np.ndarray, min_area: float, chroma_min: float):
+    found = components((colour_classes(image, chroma_min) == colour) & region, min_area)
+    return found, (found[0] if found else None)
+
+
+def analyse_edit(
+    edited: np.ndarray, mask: np.ndarray, source: np.ndarray, task: EditTask, config: AnalyserConfig = AnalyserConfig()
+) -> EditReport:
+    """All measures of one edit. edited/source uint8 [H, W, 3] at any size, mask bool [H, W] (True = edit)."""
+    # 1. Sizes: pixel scale of this render, expected object area, a crop holding the mask and its surroundings.
+    _check_inputs(edited, mask, source)
+    height, width = mask.shape
+    short = min(height, width)
+    expected_px = shape_area(task.obj.shape, task.obj.size / 2) * short**2
+    min_area = max(config.min_area_px, config.min_area_frac * expected_px)
+    dilate_px = max(2, round(config.dilate_frac * short))
+    band_px = max(2.0, config.seam_band_frac * short)
+    top, left, h, w = _crop_box(mask, dilate_px + 30 + math.ceil(band_px))
+    crop = (slice(top, top + h), slice(left, left + w))
+    m, ed, src = mask[crop], edited[crop], source[crop]
+    truth = render(task.target, height, width, region=(top, left, h, w))
+    region = ndimage.distance_transform_edt(~m) <= dilate_px
+
+    # 2. Objects of the prompt's colour: count, shape and edge of the largest, against the ground truth.
+    colour = COLOURS.index(task.obj.colour)
+    found, obj = _largest(ed, colour, region, min_area, config.chroma_min)
+    _, ref = _largest(truth, colour, region, min_area, config.chroma_min)
+    shape, score = (None, 0.0) if obj is None else classify_shape(obj, config.shape_step_deg, config.shape_max_px)
+    width_px = math.nan if obj is None else edge_width(ed, obj, config.edge_max_points, config.edge_step_px)
+    width_ref = math.nan if ref is None else edge_width(truth, ref, config.edge_max_points, config.edge_step_px)
+
+    # 3. Which colour the edit introduced: classes that changed from the input inside the dilated mask.
+    classes_ed = colour_classes(ed, config.chroma_min)
+    new = region & (classes_ed >= 0) & (classes_ed != colour_classes(src, config.chroma_min))
+    votes = np.bincount(classes_ed[new].astype(np.int64), minlength=len(COLOURS))
+    dominant = COLOURS[int(votes.argmax())] if votes.any() else None
+
+    return EditReport(
+        count=len(found),
+        dominant_colour=dominant,
+        colour_ok=dominant == task.obj.colour,
+        shape=shape,
+        shape_score=score,
+        shape_ok=shape == task.obj.shape,
+        edge_width_px=width_px,
+        edge_width_ref_px=width_ref,
+        edge_ratio=width_px / width_ref if width_ref > 0 else math.nan,  # nan if either is missing
+        seam=seam_strength(ed, src, m, band_px),
+        seam_ref=seam_strength(truth, src, m, band_px),
+        psnr_outside=psnr_outside(edited, source, mask),
+    )
