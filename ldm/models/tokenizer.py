@@ -143,9 +143,9 @@ class CLIPTokenizer:
             if token in (BOS, EOS):
                 data.extend(token.encode())
                 continue
-            word_end = token.endswith("</w>")
             data.extend(byte_decoder[c] for c in token.removesuffix("</w>"))
-            data.extend(b" " if word_end else b"")
+            if token.endswith("</w>"):
+                data.extend(b" ")
         return data.decode("utf-8", errors="replace").strip()
 
     def count_tokens(self, prompt: str) -> int:
