@@ -110,11 +110,11 @@ def classify_shape(component: np.ndarray, step_deg: float = 3.0, max_px: int = 6
     for shape in SHAPES:
         radius = math.sqrt(area / shape_area(shape, 1.0))
         n_angles = 1 if shape == "circle" else max(1, round(math.degrees(SYMMETRY[shape]) / step_deg))
-        for k in range(n_angles):
-            template = inside(shape, radius, SYMMETRY[shape] * k / n_angles, dx, dy)
-            iou = (template & weight).sum() / (template | weight).sum()
-            if iou > best[1]:
-                best = (shape, float(iou))
+        angles = SYMMETRY[shape] * np.arange(n_angles)[:, None] / n_angles
+        templates = inside(shape, radius, angles, dx, dy)  # [A, N]
+        iou = (templates & weight).sum(axis=1) / (templates | weight).sum(axis=1)
+        if iou.max() > best[1]:
+            best = (shape, float(iou.max()))
     return best
 
 
@@ -182,9 +182,9 @@ def gradient_energy(image: np.ndarray) -> np.ndarray:
 
 def seam_strength(edited: np.ndarray, source: np.ndarray, mask: np.ndarray, band_px: float) -> float:
     """Mean gradient energy along the mask contour in `edited` over the same in `source`."""
+    if mask.all() or not mask.any():
+        raise ValueError("the mask has no contour (it is empty or covers everything)")
     band = contour_band(mask, band_px)
-    if not band.any() or band.all():
-        raise ValueError("the mask has no contour")
     return float(gradient_energy(edited)[band].mean() / max(gradient_energy(source)[band].mean(), 1e-12))
 
 

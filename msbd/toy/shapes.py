@@ -10,6 +10,7 @@ Shapes: circle, square, triangle (equilateral), star (5 points, inner radius `ST
 fatter than a pentagram so that its points survive at 64 px).
 """
 import math
+from functools import lru_cache
 
 import numpy as np
 
@@ -70,13 +71,25 @@ def convex_pieces(shape: str, radius: float, rotation: float) -> list[np.ndarray
     return [_half_planes(np.stack([origin, inner[k - 1], outer[k], inner[k]])) for k in range(5)]
 
 
-def inside(shape: str, radius: float, rotation: float, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
-    """Boolean membership of the points (dx, dy) (relative to the centre) in the shape."""
-    dx, dy = np.broadcast_arrays(np.asarray(dx, dtype=np.float64), np.asarray(dy, dtype=np.float64))
+@lru_cache(maxsize=None)
+def _unit_pieces(shape: str) -> tuple[np.ndarray, ...]:
+    return tuple(convex_pieces(shape, 1.0, 0.0))
+
+
+def inside(shape: str, radius: float, rotation: float | np.ndarray, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """Boolean membership of the points (dx, dy) (relative to the centre) in the shape.
+
+    `rotation` may be an array that broadcasts against dx, dy (e.g. [A, 1] against [N]) to test many at once.
+    """
+    c, s = np.cos(rotation), np.sin(rotation)
+    x0 = (c * dx + s * dy) / radius  # the points rotated back into the unrotated unit shape's frame
+    y0 = (c * dy - s * dx) / radius
     if shape == "circle":
-        return dx**2 + dy**2 <= radius**2
-    result = np.zeros(np.broadcast(dx, dy).shape, dtype=bool)
-    for planes in convex_pieces(shape, radius, rotation):
-        d = planes[:, 0, None] * dx.ravel() + planes[:, 1, None] * dy.ravel() - planes[:, 2, None]
-        result |= (d.max(axis=0) <= 0).reshape(result.shape)
+        return x0**2 + y0**2 <= 1
+    result = np.zeros(x0.shape, dtype=bool)
+    for planes in _unit_pieces(shape):
+        d = planes[0, 0] * x0 + planes[0, 1] * y0 - planes[0, 2]
+        for nx, ny, offset in planes[1:]:
+            d = np.maximum(d, nx * x0 + ny * y0 - offset)
+        result |= d <= 0
     return result
