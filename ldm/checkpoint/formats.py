@@ -1,0 +1,146 @@
+"""Read a weights file or folder into one CompVis-layout state dict, whatever its format.
+
+Formats, recognised from the content (not the suffix):
+* "ckpt-zip": torch.save's zip format (.ckpt/.pt/.pth, torch >= 1.6), and
+* "ckpt-legacy": the older torch.save stream; both are read with the restricted unpickler (no code runs);
+* "safetensors": a flat dict with the CompVis names;
+* "diffusers": a folder with unet/, vae/ and text_encoder/ (safetensors or .bin, possibly sharded), whose keys
+  are mapped to ours by `ldm.convert` and given the CompVis prefixes, so every format yields the same dict.
+A CompVis `{"state_dict": {...}, ...}` checkpoint yields its state_dict; everything else in it is dropped.
+"""
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from ldm.checkpoint import unpickle
+from ldm.checkpoint.components import PREFIXES
+from ldm.checkpoint.errors import CheckpointError
+from ldm.config import LDMConfig, get_preset
+from ldm.convert.clip_text import clip_text_from_transformers
+from ldm.convert.unet import unet_from_diffusers
+from ldm.convert.vae import vae_from_diffusers
+
+StateDict = dict[str, torch.Tensor]
+FORMATS = ("ckpt-zip", "ckpt-legacy", "safetensors", "diffusers")
+DIFFUSERS_DIRS = {"unet": "unet", "vae": "vae", "text": "text_encoder"}
+_WEIGHT_STEMS = ("diffusion_pytorch_model", "model", "pytorch_model")
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """One of FORMATS, from the folder layout or the first bytes of the file."""
+    path = Path(path)
+    if path.is_dir():
+        if any((path / d).is_dir() for d in DIFFUSERS_DIRS.values()):
+            return "diffusers"
+        raise CheckpointError(f"{path} is a folder but not a diffusers model folder (no unet/, vae/ or "
+                              "text_encoder/ inside)")
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head[:4] == b"PK\x03\x04":
+        return "ckpt-zip"
+    if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < path.stat().st_size:
+        return "safetensors"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "ckpt-legacy"
+    raise CheckpointError(f"{path}: unrecognised weights format (expected a torch .ckpt/.pt/.pth, a .safetensors "
+                          f"file or a diffusers folder; the file starts with {head[:8]!r})")
+
+
+def load_pickled(path: str | os.PathLike) -> object:
+    """torch.load with the restricted unpickler, zip or legacy format, on the CPU; no code from the file runs."""
+    if os.getenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "0").lower() in ("1", "y", "yes", "true"):
+        raise CheckpointError(f"{path}: TORCH_FORCE_WEIGHTS_ONLY_LOAD is set, which makes torch refuse our own "
+                              "restricted unpickler; unset it, or convert the file to .safetensors")
+    try:
+        return torch.load(path, map_location="cpu", pickle_module=unpickle, weights_only=False,
+                          mmap=zipfile.is_zipfile(path))
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    except Exception as e:  # corrupt or truncated files, pickles that are not torch checkpoints
+        raise CheckpointError(f"{path}: cannot read as a PyTorch checkpoint ({type(e).__name__}: {e})") from None
+
+
+def _tensor_dict(obj: object, source: str) -> StateDict:
+    """The state dict inside a loaded checkpoint object: obj["state_dict"] or obj itself, tensors only."""
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{source}: expected a dict of tensors or a dict with 'state_dict', "
+                              f"got {type(obj).__name__}")
+    bad = [str(k) for k, v in obj.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
+    if bad:
+        raise CheckpointError(f"{source}: {len(bad)} entries are not named tensors (first: {bad[:3]}); "
+                              "is this a weights file?")
+    return dict(obj)
+
+
+def _read_safetensors(path: str | os.PathLike) -> StateDict:
+    try:
+        return load_file(os.fspath(path), device="cpu")
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot read as safetensors ({type(e).__name__}: {e})") from None
+
+
+def _read_file(path: Path) -> StateDict:
+    if detect_format(path) == "safetensors":
+        return _read_safetensors(path)
+    return _tensor_dict(load_pickled(path), str(path))
+
+
+def _weights_in(folder: Path) -> list[Path]:
+    """The weight file(s) of one diffusers/transformers component folder: sharded index, safetensors, .bin."""
+    for stem in _WEIGHT_STEMS:
+        for suffix in (".safetensors", ".fp16.safetensors", ".bin", ".fp16.bin"):
+            index = folder / f"{stem}{suffix}.index.json"
+            if index.is_file():
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+                return [folder / s for s in shards]
+            if (folder / f"{stem}{suffix}").is_file():
+                return [folder / f"{stem}{suffix}"]
+    raise CheckpointError(f"{folder}: no weights file (looked for {', '.join(s + '.safetensors' for s in _WEIGHT_STEMS)}"
+                          " and .bin)")
+
+
+def _read_diffusers(folder: Path, config: LDMConfig) -> StateDict:
+    """unet/, vae/, text_encoder/ mapped to CompVis names; absent sub-folders give no keys."""
+    converters: dict[str, Callable[[StateDict], StateDict]] = {
+        "unet": lambda sd: unet_from_diffusers(sd, config.unet),
+        "vae": vae_from_diffusers,
+        "text": clip_text_from_transformers,
+    }
+    out: StateDict = {}
+    for component, sub in DIFFUSERS_DIRS.items():
+        if not (folder / sub).is_dir():
+            continue
+        weights: StateDict = {}
+        for file in _weights_in(folder / sub):
+            weights.update(_read_file(file))
+        try:
+            mapped = converters[component](weights)
+        except ValueError as e:
+            raise CheckpointError(f"{folder / sub}: weights do not map onto the config's {component} ({e})") from None
+        out.update({PREFIXES[component] + k: v for k, v in mapped.items()})
+    return out
+
+
+def read_state_dict(path: str | os.PathLike, config: LDMConfig | None = None) -> tuple[StateDict, str]:
+    """(CompVis-layout state dict, format) of a .ckpt/.pt/.pth/.safetensors file or a diffusers folder.
+
+    `config` is needed only for diffusers folders (the UNet block numbering depends on it); default "sd-v1".
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"weights file not found: {path.resolve()}")
+    fmt = detect_format(path)
+    if fmt == "diffusers":
+        return _read_diffusers(path, config or get_preset("sd-v1")), fmt
+    if fmt == "safetensors":
+        return _read_safetensors(path), fmt
+    return _tensor_dict(load_pickled(path), str(path)), fmt
