@@ -129,22 +129,23 @@ def guess_family(state_dict: dict[str, torch.Tensor]) -> str:
     """A short description of the model family the keys and shapes look like."""
     has_unet = any(k.startswith(PREFIXES["unet"]) for k in state_dict)
     ctx = _context_dim(state_dict)
+    text_emb = state_dict.get(_TEXT_EMB)
+    width = int(text_emb.shape[1]) if text_emb is not None and text_emb.ndim == 2 else None
     unet_in = state_dict.get(_UNET_IN)
     in_ch = int(unet_in.shape[1]) if unet_in is not None and unet_in.ndim == 4 else None
     if any(k.startswith(_OPENCLIP_PREFIX) for k in state_dict) or ctx == 1024:
         family = "SD 2.x"
-    elif any(k.startswith(PREFIXES["text"]) for k in state_dict) or ctx == 768:
+    elif ctx == 768 or (ctx is None and width == 768):
         family = "SD 1.x"
-    elif has_unet or has_ema(state_dict) or any(k.startswith(PREFIXES["vae"]) for k in state_dict):
-        family = "latent diffusion (unknown family"
-        family += f", context_dim {ctx})" if ctx else ")"
+    elif has_unet or has_ema(state_dict) or any(k.startswith(PREFIXES["vae"]) for k in state_dict) or width:
+        sizes = [f"context_dim {ctx}"] * (ctx is not None) + [f"text width {width}"] * (width is not None)
+        family = "latent diffusion, not SD" + (f" ({', '.join(sizes)})" if sizes else "")
     else:
         return "unknown (no CompVis-layout keys)"
     if in_ch == 9:
         family += " inpainting"
     elif in_ch is not None and in_ch != 4:
-        family += f" ({in_ch} input channels)"
+        family += f" with {in_ch} input channels"
     if has_ema(state_dict):
         family += ", with EMA copies (model_ema.*)" if has_unet else ", EMA weights only (model_ema.*)"
     return family
-
