@@ -1,0 +1,130 @@
+"""Seed splits, render caches (skip and resume) and the ×4 degradation of msbd.toy.data."""
+import numpy as np
+import pytest
+import scipy.ndimage
+import torch
+
+from msbd.toy.data import (HELDOUT_SEEDS, MILDEST, TRAIN_SEEDS, DegradationConfig, SRPatches, degrade,
+                           gaussian_blur, jpeg_roundtrip, render_cache, resize_area, seed_range, to_uint8)
+
+
+class CountingRenderer:
+    """Stand-in renderer: a seed-dependent gradient image; counts calls and can fail at one seed."""
+
+    def __init__(self, fail_at: int | None = None):
+        self.calls, self.fail_at = [], fail_at
+
+    def __call__(self, seed: int, height: int, width: int) -> tuple[np.ndarray, str]:
+        if seed == self.fail_at:
+            raise KeyboardInterrupt("simulated interruption")
+        self.calls.append(seed)
+        ramp = np.add.outer(np.arange(height), np.arange(width)) + 7 * seed
+        return np.stack([ramp % 256, (ramp * 3) % 256, np.full_like(ramp, seed % 256)], -1).astype(np.uint8), \
+            f"scene {seed}"
+
+
+def test_seed_splits_never_overlap():
+    assert set(TRAIN_SEEDS).isdisjoint(range(HELDOUT_SEEDS.start, HELDOUT_SEEDS.start + 10))
+    assert TRAIN_SEEDS.stop <= HELDOUT_SEEDS.start
+    assert list(seed_range("heldout", 3, offset=2)) == [10**6 + 2, 10**6 + 3, 10**6 + 4]
+    with pytest.raises(ValueError, match="runs past"):
+        seed_range("train", 2, offset=len(TRAIN_SEEDS) - 1)
+    with pytest.raises(ValueError, match="split"):
+        seed_range("test", 3)
+
+
+def test_cache_renders_once_then_skips(tmp_path):
+    renderer = CountingRenderer()
+    cache = render_cache(str(tmp_path), range(5, 15), 8, 12, chunk=4, renderer=renderer)
+    assert renderer.calls == list(range(5, 15))
+    assert cache.images.shape == (10, 8, 12, 3) and cache.images.dtype == np.uint8
+    assert cache.captions == [f"scene {s}" for s in range(5, 15)]
+    np.testing.assert_array_equal(cache.images[3], renderer(8, 8, 12)[0])
+    again = CountingRenderer()
+    cache2 = render_cache(str(tmp_path), range(5, 15), 8, 12, chunk=4, renderer=again)
+    assert again.calls == []
+    np.testing.assert_array_equal(cache2.images, cache.images)
+
+
+def test_interrupted_cache_resumes_at_last_chunk(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        render_cache(str(tmp_path), range(10), 6, chunk=4, renderer=CountingRenderer(fail_at=6))
+    resumed = CountingRenderer()
+    cache = render_cache(str(tmp_path), range(10), 6, chunk=4, renderer=resumed)
+    assert resumed.calls == [4, 5, 6, 7, 8, 9]        # chunk [0, 4) was finished before the interruption
+    reference = render_cache(str(tmp_path / "ref"), range(10), 6, chunk=4, renderer=CountingRenderer())
+    np.testing.assert_array_equal(cache.images, reference.images)
+    assert cache.captions == reference.captions
+
+
+def test_cache_rejects_bad_renders(tmp_path):
+    with pytest.raises(ValueError, match="shape"):
+        render_cache(str(tmp_path), range(2), 6, renderer=lambda s, h, w: (np.zeros((h, w + 1, 3), np.uint8), ""))
+
+
+def test_to_uint8():
+    np.testing.assert_array_equal(to_uint8(np.array([[[0.0, 0.5, 1.2]]])), [[[0, 128, 255]]])
+    with pytest.raises(ValueError):
+        to_uint8(np.zeros((1, 1, 3), np.int32))
+
+
+def test_gaussian_blur_matches_scipy():
+    image = torch.rand(1, 3, 20, 17, dtype=torch.float64)
+    ours = gaussian_blur(image, 1.0)[0].numpy()
+    # torch's "reflect" padding is scipy's "mirror"; scipy's radius int(3 * 1 + 0.5) = 3 equals ours.
+    ref = np.stack([scipy.ndimage.gaussian_filter(c, 1.0, mode="mirror", truncate=3.0) for c in image[0].numpy()])
+    np.testing.assert_allclose(ours, ref, atol=1e-12)
+    assert gaussian_blur(image, 0.0) is image
+
+
+def test_degrade_shapes_range_and_levels():
+    rng = np.random.default_rng(0)
+    hr = torch.rand(3, 32, 24)
+    config = DegradationConfig(jpeg_prob=1.0)
+    lr = degrade(hr, rng, config)
+    assert lr.shape == (3, 8, 6)
+    assert lr.min() >= 0 and lr.max() <= 1
+    torch.testing.assert_close(lr * 255, (lr * 255).round(), rtol=0, atol=1e-4)     # 8-bit levels
+    torch.testing.assert_close(degrade(hr, np.random.default_rng(1), config),
+                               degrade(hr, np.random.default_rng(1), config), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="divisible"):
+        degrade(torch.rand(3, 30, 24), rng)
+
+
+def test_mildest_degradation_is_plain_bicubic_downscale():
+    hr = torch.rand(3, 16, 16)
+    lr = degrade(hr, np.random.default_rng(0), MILDEST)
+    expected = (resize_area(hr[None], 4)[0].clamp(0, 1) * 255).round() / 255
+    torch.testing.assert_close(lr, expected, rtol=0, atol=0)
+
+
+def test_degradation_blurs_and_noises():
+    hr = torch.zeros(3, 64, 64)
+    hr[:, :, 32:] = 1.0                                           # a vertical edge
+    sharp = degrade(hr, np.random.default_rng(0), MILDEST)
+    blurred = degrade(hr, np.random.default_rng(0), DegradationConfig(blur_sigma=(3.0, 3.0), noise_std=(0, 0),
+                                                                     jpeg_prob=0.0))
+    assert blurred[0, 8, 6] > sharp[0, 8, 6] + 0.01               # edge spread further to the left
+    noisy = degrade(hr, np.random.default_rng(0), DegradationConfig(blur_sigma=(0, 0), noise_std=(0.05, 0.05),
+                                                                   jpeg_prob=0.0))
+    assert 0.02 < (noisy - sharp)[:, :, :6].std() < 0.08          # on the flat dark side... clipped at 0
+    with pytest.raises(ValueError):
+        DegradationConfig(blur_sigma=(1.0, 0.5))
+
+
+def test_jpeg_roundtrip_is_lossy_but_close():
+    image = torch.linspace(0, 1, 3 * 16 * 16).reshape(3, 16, 16)
+    out = jpeg_roundtrip(image, 90)
+    assert out.shape == image.shape
+    assert 0 < (out - image).abs().mean() < 0.05
+
+
+def test_sr_patches_are_deterministic_pairs():
+    cache = CountingRenderer()(3, 40, 40)[0][None]                # [1, 40, 40, 3]
+    dataset = SRPatches([cache], patch=16, length=5, seed=7)
+    lr, hr = dataset[2]
+    assert hr.shape == (3, 16, 16) and lr.shape == (3, 4, 4)
+    lr2, hr2 = dataset[2]
+    torch.testing.assert_close(hr, hr2, rtol=0, atol=0)
+    torch.testing.assert_close(lr, lr2, rtol=0, atol=0)
+    assert not torch.equal(dataset[3][1], hr)                     # another index, another crop
