@@ -30,6 +30,7 @@ from msbd.toy.shapes import SHAPES, SYMMETRY, inside, shape_area
 
 _HUES = np.array([PALETTE_HUES[c] for c in COLOURS])
 _EIGHT = np.ones((3, 3), dtype=bool)
+_CROP_MARGIN_PX = 30  # room around the dilated mask for edge profiles (reach <= 24 px)
 
 
 @dataclass(frozen=True)
@@ -65,16 +66,19 @@ class EditReport:
 
 
 def colour_classes(image: np.ndarray, chroma_min: float = 0.4) -> np.ndarray:
-    """Palette index (into `COLOURS`) of each pixel, -1 where the chroma is too low for an object. [H, W] int8"""
-    rgb = image.astype(np.float32) / 255
-    hi, lo = rgb.max(axis=-1), rgb.min(axis=-1)
-    chroma = hi - lo
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    c = np.maximum(chroma, 1e-6)
-    hue = np.where(hi == r, (g - b) / c % 6, np.where(hi == g, (b - r) / c + 2, (r - g) / c + 4)) * 60
-    diff = np.abs(hue[..., None] - _HUES) % 360
-    nearest = np.minimum(diff, 360 - diff).argmin(axis=-1).astype(np.int8)
-    return np.where(chroma >= chroma_min, nearest, np.int8(-1))
+    """Palette index (into `COLOURS`) of each pixel of a uint8 [H, W, 3] image, -1 where the chroma is too
+    low for an object (`chroma_min` in [0, 1] units). [H, W] int8"""
+    hi, lo = image.max(axis=-1), image.min(axis=-1)
+    classes = np.full(image.shape[:2], -1, dtype=np.int8)
+    chosen = (hi.astype(np.int16) - lo) >= chroma_min * 255
+    rgb = image[chosen].astype(np.float32)  # [P, 3], only the saturated pixels
+    r, g, b = rgb[:, 0], rgb[:, 1], rgb[:, 2]
+    top = rgb.max(axis=1)
+    chroma = top - rgb.min(axis=1)
+    hue = np.where(top == r, (g - b) / chroma % 6, np.where(top == g, (b - r) / chroma + 2, (r - g) / chroma + 4)) * 60
+    diff = np.abs(hue[:, None] - _HUES) % 360
+    classes[chosen] = np.minimum(diff, 360 - diff).argmin(axis=-1)
+    return classes
 
 
 def components(member: np.ndarray, min_area: float) -> list[np.ndarray]:
@@ -220,8 +224,8 @@ def _crop_box(mask: np.ndarray, margin: int) -> tuple[int, int, int, int]:
     return int(top), int(left), int(bottom - top), int(right - left)
 
 
-def _largest(image: np.ndarray, colour: int, region: np.ndarray, min_area: float, chroma_min: float):
-    found = components((colour_classes(image, chroma_min) == colour) & region, min_area)
+def _largest(classes: np.ndarray, colour: int, region: np.ndarray, min_area: float):
+    found = components((classes == colour) & region, min_area)
     return found, (found[0] if found else None)
 
 
@@ -237,7 +241,7 @@ def analyse_edit(
     min_area = max(config.min_area_px, config.min_area_frac * expected_px)
     dilate_px = max(2, round(config.dilate_frac * short))
     band_px = max(2.0, config.seam_band_frac * short)
-    top, left, h, w = _crop_box(mask, dilate_px + 30 + math.ceil(band_px))
+    top, left, h, w = _crop_box(mask, dilate_px + _CROP_MARGIN_PX + math.ceil(band_px))
     crop = (slice(top, top + h), slice(left, left + w))
     m, ed, src = mask[crop], edited[crop], source[crop]
     truth = render(task.target, height, width, region=(top, left, h, w))
@@ -245,14 +249,14 @@ def analyse_edit(
 
     # 2. Objects of the prompt's colour: count, shape and edge of the largest, against the ground truth.
     colour = COLOURS.index(task.obj.colour)
-    found, obj = _largest(ed, colour, region, min_area, config.chroma_min)
-    _, ref = _largest(truth, colour, region, min_area, config.chroma_min)
+    classes_ed = colour_classes(ed, config.chroma_min)
+    found, obj = _largest(classes_ed, colour, region, min_area)
+    _, ref = _largest(colour_classes(truth, config.chroma_min), colour, region, min_area)
     shape, score = (None, 0.0) if obj is None else classify_shape(obj, config.shape_step_deg, config.shape_max_px)
     width_px = math.nan if obj is None else edge_width(ed, obj, config.edge_max_points, config.edge_step_px)
     width_ref = math.nan if ref is None else edge_width(truth, ref, config.edge_max_points, config.edge_step_px)
 
     # 3. Which colour the edit introduced: classes that changed from the input inside the dilated mask.
-    classes_ed = colour_classes(ed, config.chroma_min)
     new = region & (classes_ed >= 0) & (classes_ed != colour_classes(src, config.chroma_min))
     votes = np.bincount(classes_ed[new].astype(np.int64), minlength=len(COLOURS))
     dominant = COLOURS[int(votes.argmax())] if votes.any() else None

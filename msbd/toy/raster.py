@@ -31,7 +31,7 @@ _GRADIENTS = np.stack(
     [np.cos(2 * np.pi * (np.arange(16) + 0.5) / 16), np.sin(2 * np.pi * (np.arange(16) + 0.5) / 16)], axis=1
 ).astype(np.float32)  # [16, 2] unit gradient directions of the Perlin lattice
 PERLIN_GAIN = 1.4  # brings 2-D Perlin noise to roughly [-1, 1]
-STRIP_PIXELS = 1 << 20  # pixels per strip: bounds memory at any size
+STRIP_PIXELS = 1 << 18  # pixels per strip: bounds memory at any size
 
 
 @dataclass(frozen=True)
@@ -202,13 +202,19 @@ def strips(top: int, height: int, width: int) -> Iterator[tuple[int, int]]:
         yield start, min(start + rows, top + height)
 
 
-def rasterise(bg, objects: Sequence[Shape], grid: Grid, region: tuple[int, int, int, int]) -> np.ndarray:
-    """Render `region` = (top, left, h, w) of the grid, float32 [h, w, 3] clipped to [0, 1]."""
+def rasterise(
+    bg, objects: Sequence[Shape], grid: Grid, region: tuple[int, int, int, int], as_float: bool = False
+) -> np.ndarray:
+    """Render `region` = (top, left, h, w) of the grid: uint8 [h, w, 3], or float32 in [0, 1] with `as_float`.
+
+    Works strip by strip, so memory beyond the output stays about STRIP_PIXELS * 64 bytes at any size.
+    """
     top, left, h, w = region
-    out = np.empty((h, w, 3), dtype=np.float32)
+    out = np.empty((h, w, 3), dtype=np.float32 if as_float else np.uint8)
     xs = grid.xs(left, w)
     for r0, r1 in strips(top, h, w):
         part = background(bg, grid, xs, grid.ys(r0, r1 - r0))
         composite(part, objects, grid, r0, left)
-        out[r0 - top : r1 - top] = np.clip(part, 0, 1)
+        np.clip(part, 0, 1, out=part)
+        out[r0 - top : r1 - top] = part if as_float else np.rint(part * 255)
     return out

@@ -245,8 +245,7 @@ def render(
     height, width = _check_size(scene, height, width)
     top, left, h, w = _check_region(region, height, width)
     grid = Grid(height, width, *scene.extent)
-    image = rasterise(scene.background, _shapes(scene), grid, (top, left, h, w))
-    return image if as_float else np.rint(image * 255).astype(np.uint8)
+    return rasterise(scene.background, _shapes(scene), grid, (top, left, h, w), as_float)
 
 
 @dataclass(frozen=True)
