@@ -47,7 +47,8 @@ def test_region_equals_crop_of_full_render(aspect, size):
     for _ in range(4):
         h, w = rng.integers(1, full.shape[0]), rng.integers(1, full.shape[1])
         top, left = rng.integers(0, full.shape[0] - h + 1), rng.integers(0, full.shape[1] - w + 1)
-        np.testing.assert_array_equal(render(scene, size, region=(top, left, h, w)), full[top : top + h, left : left + w])
+        crop = full[top : top + h, left : left + w]
+        np.testing.assert_array_equal(render(scene, size, region=(top, left, h, w)), crop)
 
 
 def test_region_equals_crop_across_strips(monkeypatch):
@@ -96,7 +97,8 @@ def test_edges_are_one_pixel_wide_at_every_size():
 
 def test_object_area_matches_geometry():
     for shape in SHAPES:
-        scene = Scene(background=Background(noise_amplitude=0.0), objects=(SceneObject(shape, "red", 0.5, 0.5, 0.8, 1.0),))
+        obj = SceneObject(shape, "red", 0.5, 0.5, 0.8, 1.0)
+        scene = Scene(background=Background(noise_amplitude=0.0), objects=(obj,))
         coverage = render(scene, 256, as_float=True)[..., 1]  # green: 0 on the object, 0.5 on the background
         area = (1 - coverage / 0.5).sum() / 256**2
         assert area == pytest.approx(shape_area(shape, 0.4), rel=0.01), shape
@@ -189,7 +191,8 @@ def test_render_mask_shapes():
     rect = MaskRegion("rect", 0.5, 0.5, 0.25, 0.125)
     assert render_mask(rect, 64).sum() == 32 * 16
     assert render_mask(ellipse, 256).sum() == pytest.approx(math.pi * 64 * 32, rel=0.01)
-    np.testing.assert_array_equal(render_mask(ellipse, 256, region=(100, 20, 50, 60)), render_mask(ellipse, 256)[100:150, 20:80])
+    crop = render_mask(ellipse, 256)[100:150, 20:80]
+    np.testing.assert_array_equal(render_mask(ellipse, 256, region=(100, 20, 50, 60)), crop)
 
 
 def test_cli_writes_png(tmp_path, capsys):
