@@ -108,8 +108,8 @@ def _weights_in(folder: Path) -> list[Path]:
                           " and .bin)")
 
 
-def _read_diffusers(folder: Path, config: LDMConfig) -> StateDict:
-    """unet/, vae/, text_encoder/ mapped to CompVis names; absent sub-folders give no keys."""
+def _read_diffusers(folder: Path, config: LDMConfig, components: tuple[str, ...]) -> StateDict:
+    """unet/, vae/, text_encoder/ (those of `components`) mapped to CompVis names; absent ones give no keys."""
     converters: dict[str, Callable[[StateDict], StateDict]] = {
         "unet": lambda sd: unet_from_diffusers(sd, config.unet),
         "vae": vae_from_diffusers,
@@ -117,7 +117,7 @@ def _read_diffusers(folder: Path, config: LDMConfig) -> StateDict:
     }
     out: StateDict = {}
     for component, sub in DIFFUSERS_DIRS.items():
-        if not (folder / sub).is_dir():
+        if component not in components or not (folder / sub).is_dir():
             continue
         weights: StateDict = {}
         for file in _weights_in(folder / sub):
@@ -130,17 +130,19 @@ def _read_diffusers(folder: Path, config: LDMConfig) -> StateDict:
     return out
 
 
-def read_state_dict(path: str | os.PathLike, config: LDMConfig | None = None) -> tuple[StateDict, str]:
+def read_state_dict(path: str | os.PathLike, config: LDMConfig | None = None,
+                    components: tuple[str, ...] = tuple(DIFFUSERS_DIRS)) -> tuple[StateDict, str]:
     """(CompVis-layout state dict, format) of a .ckpt/.pt/.pth/.safetensors file or a diffusers folder.
 
-    `config` is needed only for diffusers folders (the UNet block numbering depends on it); default "sd-v1".
+    `config` and `components` matter only for diffusers folders: the UNet block numbering depends on the config
+    (default "sd-v1"), and only the sub-folders of the listed components are read.
     """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"weights file not found: {path.resolve()}")
     fmt = detect_format(path)
     if fmt == "diffusers":
-        return _read_diffusers(path, config or get_preset("sd-v1")), fmt
+        return _read_diffusers(path, config or get_preset("sd-v1"), components), fmt
     if fmt == "safetensors":
         return _read_safetensors(path), fmt
     return _tensor_dict(load_pickled(path), str(path)), fmt

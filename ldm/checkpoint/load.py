@@ -88,7 +88,7 @@ def load_models(path: str | os.PathLike, config: LDMConfig | str = "sd-v1", *,
     components = _components(components)
     # 1. Read, whatever the format.
     path = check_exists(path, config_key, hint)
-    state_dict, fmt = read_state_dict(path, config)
+    state_dict, fmt = read_state_dict(path, config, components)
     # 2. Check schedule buffers, then every key and shape, before building anything.
     check_schedule(state_dict, config, source=str(path))
     check_keys(state_dict, config, components, use_ema, source=str(path), config_name=config_name)

@@ -1,0 +1,125 @@
+"""A diffusers-format folder loads through our own path and gives the reference models' outputs.
+
+Tiny random diffusers `UNet2DConditionModel`, `AutoencoderKL` and transformers `CLIPTextModel`, shaped as the
+"tiny-test" config, are written with `save_pretrained` (safetensors; the text encoder also as a torch-pickled
+pytorch_model.bin, as transformers 4.x wrote it, read by the restricted unpickler) into unet/, vae/ and text_encoder/. `load_models(folder)` maps them with
+`ldm.convert` and loads them strictly; all outputs must match the references in fp32 (max error relative to the
+reference's largest value <= 1e-5).
+"""
+import pytest
+import torch
+
+from ldm.checkpoint import CheckpointError, expected_keys, load_models, read_state_dict
+from ldm.config import TINY_TEST
+
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+
+CONFIG = TINY_TEST
+REL_TOL = 1e-5
+
+
+@torch.no_grad()
+def _perturb(model: torch.nn.Module) -> torch.nn.Module:
+    """Noise on every parameter, so that norms (init 1) and biases (init 0) are not trivial."""
+    for p in model.parameters():
+        p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+def _reference_unet():
+    c = CONFIG.unet
+    attn = [2**level in c.attention_resolutions for level in range(len(c.channel_mult))]
+    return _perturb(diffusers.UNet2DConditionModel(
+        in_channels=c.in_channels, out_channels=c.out_channels,
+        down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn),
+        up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
+        block_out_channels=tuple(m * c.model_channels for m in c.channel_mult), layers_per_block=c.num_res_blocks,
+        cross_attention_dim=c.context_dim, attention_head_dim=c.num_heads, norm_num_groups=c.norm_num_groups,
+        norm_eps=1e-5, flip_sin_to_cos=True, freq_shift=0,
+    ))
+
+
+def _reference_vae():
+    c = CONFIG.vae
+    n = len(c.ch_mult)
+    return _perturb(diffusers.AutoencoderKL(
+        in_channels=c.in_channels, out_channels=c.out_ch, latent_channels=c.z_channels,
+        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(c.ch * m for m in c.ch_mult), layers_per_block=c.num_res_blocks,
+        norm_num_groups=c.norm_num_groups,
+    ))
+
+
+def _reference_text():
+    c = CONFIG.text
+    return _perturb(transformers.CLIPTextModel(transformers.CLIPTextConfig(
+        vocab_size=c.vocab_size, max_position_embeddings=c.max_position_embeddings, hidden_size=c.hidden_size,
+        intermediate_size=c.intermediate_size, num_hidden_layers=c.num_hidden_layers,
+        num_attention_heads=c.num_attention_heads, layer_norm_eps=c.layer_norm_eps, hidden_act=c.hidden_act,
+        attn_implementation="eager",
+    )))
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    torch.manual_seed(0)
+    refs = {"unet": _reference_unet(), "vae": _reference_vae(), "text_encoder": _reference_text()}
+    root = tmp_path_factory.mktemp("diffusers")
+    for sub, model in refs.items():
+        model.save_pretrained(root / sub, safe_serialization=True)
+    return root, refs
+
+
+def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out - ref).abs().max() / ref.abs().max()).item()
+
+
+def test_folder_maps_to_exactly_the_expected_compvis_keys(folder):
+    root, _ = folder
+    state_dict, fmt = read_state_dict(root, CONFIG)
+    assert fmt == "diffusers"
+    assert {k: list(v.shape) for k, v in state_dict.items()} == expected_keys(CONFIG)
+
+
+def test_folder_outputs_match_references(folder):
+    root, refs = folder
+    models = load_models(root, CONFIG)
+    assert models.format == "diffusers"
+    gen = torch.Generator().manual_seed(1)
+    z = torch.randn(2, 4, 16, 16, generator=gen)
+    image = torch.rand(2, 3, 32, 32, generator=gen) * 2 - 1
+    ids = torch.randint(0, CONFIG.text.vocab_size, (2, 77), generator=gen)
+    context = torch.randn(2, 77, CONFIG.unet.context_dim, generator=gen)
+    t = torch.tensor([1, 981])
+    with torch.inference_mode():
+        errors = {
+            "unet": _rel_err(models.unet(z, t, context), refs["unet"](z, t, encoder_hidden_states=context).sample),
+            "vae.encode": _rel_err(models.vae.encode(image), refs["vae"].encode(image).latent_dist.mean),
+            "vae.decode": _rel_err(models.vae.decode(z), refs["vae"].decode(z).sample),
+            "text": _rel_err(models.text_encoder(ids), refs["text_encoder"](ids).last_hidden_state),
+        }
+    assert max(errors.values()) <= REL_TOL, errors
+
+
+def test_pickled_bin_text_encoder(folder, tmp_path):
+    """A pytorch_model.bin (torch.save of the state dict; transformers 5 writes only safetensors) goes through
+    the restricted unpickler and gives the same outputs."""
+    _, refs = folder
+    bin_root = tmp_path / "bin"
+    (bin_root / "text_encoder").mkdir(parents=True)
+    torch.save(refs["text_encoder"].state_dict(), bin_root / "text_encoder" / "pytorch_model.bin")
+    text = load_models(bin_root, CONFIG, components=("text",)).text_encoder
+    ids = torch.arange(77)[None]
+    with torch.inference_mode():
+        assert _rel_err(text(ids), refs["text_encoder"](ids).last_hidden_state) <= REL_TOL
+    with pytest.raises(CheckpointError, match="the file has no unet weights"):
+        load_models(bin_root, CONFIG)
+
+
+def test_folder_of_another_size_is_explained(folder):
+    root, _ = folder
+    with pytest.raises(CheckpointError, match="unet: weights do not map onto the config's unet"):
+        load_models(root, "sd-v1")
+    with pytest.raises(CheckpointError, match=r"does not fit config 'sd-v1': vae: \d+ missing .* with another shape"):
+        load_models(root, "sd-v1", components=("vae",))      # only vae/ is read: the UNet mapping is not attempted
