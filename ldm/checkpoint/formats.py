@@ -58,9 +58,14 @@ def load_pickled(path: str | os.PathLike) -> object:
     if os.getenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "0").lower() in ("1", "y", "yes", "true"):
         raise CheckpointError(f"{path}: TORCH_FORCE_WEIGHTS_ONLY_LOAD is set, which makes torch refuse our own "
                               "restricted unpickler; unset it, or convert the file to .safetensors")
+    is_zip = zipfile.is_zipfile(path)
+    if is_zip:
+        with zipfile.ZipFile(path) as archive:
+            if any(n.endswith("/constants.pkl") or n == "constants.pkl" for n in archive.namelist()):
+                # torch.load would hand a TorchScript archive to torch.jit.load, which runs its code
+                raise CheckpointError(f"{path} is a TorchScript archive (it holds code), not a weights file; refused")
     try:
-        return torch.load(path, map_location="cpu", pickle_module=unpickle, weights_only=False,
-                          mmap=zipfile.is_zipfile(path))
+        return torch.load(path, map_location="cpu", pickle_module=unpickle, weights_only=False, mmap=is_zip)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
     except Exception as e:  # corrupt or truncated files, pickles that are not torch checkpoints

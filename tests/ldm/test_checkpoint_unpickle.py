@@ -161,3 +161,12 @@ def test_allow_list_does_not_resolve_dangerous_builtins():
         assert isinstance(obj, type) and issubclass(obj, Placeholder), (module, name)
     assert unpickle.RestrictedUnpickler(io.BytesIO(b"")).find_class("torch._utils", "_rebuild_tensor_v2") \
         is torch._utils._rebuild_tensor_v2
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")   # torch.jit.script/save are deprecated
+def test_torchscript_archive_is_refused(tmp_path):
+    """torch.load would pass a TorchScript zip on to torch.jit.load, which runs the archive's code."""
+    path = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), path)
+    with pytest.raises(CheckpointError, match="TorchScript archive"):
+        read_state_dict(path)
