@@ -45,11 +45,11 @@ def _numpy_allowed() -> dict[tuple[str, str], Any]:
         import numpy as np
     except ImportError:  # pragma: no cover - numpy is a torch dependency in practice
         return {}
-    multiarray = getattr(np, "_core", None) or np.core
+    core = getattr(np, "_core", None) or np.core       # numpy 2 renamed numpy.core to numpy._core
     out: dict[tuple[str, str], Any] = {}
     for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        out[(mod, "scalar")] = multiarray.multiarray.scalar
-        out[(mod, "_reconstruct")] = multiarray.multiarray._reconstruct
+        out[(mod, "scalar")] = core.multiarray.scalar
+        out[(mod, "_reconstruct")] = core.multiarray._reconstruct
     out[("numpy", "dtype")] = np.dtype
     out[("numpy", "ndarray")] = np.ndarray
     for name in ("Float64DType", "Float32DType", "Float16DType", "Int64DType", "Int32DType", "BoolDType"):

@@ -311,3 +311,12 @@ def test_family_and_causes_at_sd_v1_size():
     assert guess_family(sd2) == "SD 2.x"
     with pytest.raises(CheckpointError, match=r"to_k.weight \[320, 1024\] vs \[320, 768\].*likely an SD 2.x file"):
         check_keys(sd2, get_preset("sd-v1"))
+
+
+def test_sd_v1_ema_names_are_unambiguous():
+    """Removing the dots must not merge two SD-v1 UNet names (e.g. input_blocks.1.1 vs input_blocks.11)."""
+    sd = _sd_v1_meta()
+    ema = _ema_copies({k: v for k, v in sd.items() if k.startswith(PREFIXES["unet"])})
+    assert len(ema) == 686
+    unet = split_components({**sd, **ema}, get_preset("sd-v1"), use_ema=True)["unet"]
+    assert len(unet) == 686
