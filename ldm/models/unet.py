@@ -6,10 +6,12 @@ context, GEGLU feed-forward) after the ResBlocks of the attention levels. The mo
 `ldm/modules/diffusionmodules/openaimodel.py` (`input_blocks`, `middle_block`, `output_blocks`, `time_embed`,
 `out`, ...), so the `model.diffusion_model.*` entries of an SD-v1 checkpoint load with strict=True once that
 prefix is stripped. Layout and numerics: ALGORITHM.md §15. Attention goes through
-`F.scaled_dot_product_attention`; GroupNorms compute in fp32 for half-precision inputs (CompVis `GroupNorm32`).
+`F.scaled_dot_product_attention`; GroupNorms compute in fp32 for half-precision inputs (CompVis `GroupNorm32`),
+and so do convolutions and linear layers on CPUs without fast half-precision kernels (storage stays half).
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -84,19 +86,52 @@ class GroupNorm32(nn.GroupNorm):
         return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
 
 
+@functools.cache
+def _cpu_has_fast_half(dtype: torch.dtype) -> bool:
+    if dtype == torch.bfloat16:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+
+
+def _upcast(x: torch.Tensor) -> bool:
+    """True for a bf16/fp16 CPU tensor when oneDNN has no half-precision kernels on this CPU (e.g. AVX2 only):
+    PyTorch's fallback convolution and matmul are then 7-300x slower than fp32, so we compute in fp32."""
+    return x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16) and not _cpu_has_fast_half(x.dtype)
+
+
+class Conv2d(nn.Conv2d):
+    """nn.Conv2d that computes in fp32 (and casts back) where half precision has no fast kernel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _upcast(x):
+            return super().forward(x)
+        bias = None if self.bias is None else self.bias.float()
+        return self._conv_forward(x.float(), self.weight.float(), bias).to(x.dtype)
+
+
+class Linear(nn.Linear):
+    """nn.Linear that computes in fp32 (and casts back) where half precision has no fast kernel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _upcast(x):
+            return super().forward(x)
+        bias = None if self.bias is None else self.bias.float()
+        return F.linear(x.float(), self.weight.float(), bias).to(x.dtype)
+
+
 class ResBlock(nn.Module):
     """GN-SiLU-conv, plus the projected time embedding, then GN-SiLU-conv; skip is identity or a 1x1 conv."""
 
     def __init__(self, in_ch: int, emb_ch: int, out_ch: int, groups: int):
         super().__init__()
-        self.in_layers = nn.Sequential(GroupNorm32(groups, in_ch), nn.SiLU(), nn.Conv2d(in_ch, out_ch, 3, padding=1))
-        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_ch, out_ch))
+        self.in_layers = nn.Sequential(GroupNorm32(groups, in_ch), nn.SiLU(), Conv2d(in_ch, out_ch, 3, padding=1))
+        self.emb_layers = nn.Sequential(nn.SiLU(), Linear(emb_ch, out_ch))
         self.out_layers = nn.Sequential(
             GroupNorm32(groups, out_ch), nn.SiLU(),
             nn.Identity(),                                         # dropout 0 in SD v1; keeps index 3 for the conv
-            nn.Conv2d(out_ch, out_ch, 3, padding=1),
+            Conv2d(out_ch, out_ch, 3, padding=1),
         )
-        self.skip_connection = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)
+        self.skip_connection = nn.Identity() if in_ch == out_ch else Conv2d(in_ch, out_ch, 1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.in_layers(x)                                      # [B, C_out, H, W]
@@ -109,7 +144,7 @@ class Downsample(nn.Module):
 
     def __init__(self, ch: int):
         super().__init__()
-        self.op = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+        self.op = Conv2d(ch, ch, 3, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x)
@@ -120,7 +155,7 @@ class Upsample(nn.Module):
 
     def __init__(self, ch: int):
         super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+        self.conv = Conv2d(ch, ch, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
@@ -133,10 +168,10 @@ class CrossAttention(nn.Module):
         super().__init__()
         inner = heads * dim_head
         self.heads = heads
-        self.to_q = nn.Linear(query_dim, inner, bias=False)
-        self.to_k = nn.Linear(context_dim, inner, bias=False)
-        self.to_v = nn.Linear(context_dim, inner, bias=False)
-        self.to_out = nn.ModuleList([nn.Linear(inner, query_dim)])  # CompVis: Sequential(Linear, Dropout)
+        self.to_q = Linear(query_dim, inner, bias=False)
+        self.to_k = Linear(context_dim, inner, bias=False)
+        self.to_v = Linear(context_dim, inner, bias=False)
+        self.to_out = nn.ModuleList([Linear(inner, query_dim)])  # CompVis: Sequential(Linear, Dropout)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         context = x if context is None else context
@@ -156,7 +191,7 @@ class GEGLU(nn.Module):
 
     def __init__(self, dim_in: int, dim_out: int):
         super().__init__()
-        self.proj = nn.Linear(dim_in, 2 * dim_out)
+        self.proj = Linear(dim_in, 2 * dim_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         value, gate = self.proj(x).chunk(2, dim=-1)
@@ -168,7 +203,7 @@ class FeedForward(nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
-        self.net = nn.Sequential(GEGLU(dim, 4 * dim), nn.Identity(), nn.Linear(4 * dim, dim))  # [1] was Dropout(0)
+        self.net = nn.Sequential(GEGLU(dim, 4 * dim), nn.Identity(), Linear(4 * dim, dim))  # [1] was Dropout(0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -198,7 +233,7 @@ class SpatialTransformer(nn.Module):
         inner = heads * dim_head
         self.use_linear = config.use_linear_in_transformer
         self.norm = GroupNorm32(config.norm_num_groups, ch, eps=1e-6)
-        proj = nn.Linear if self.use_linear else (lambda i, o: nn.Conv2d(i, o, 1))
+        proj = Linear if self.use_linear else (lambda i, o: Conv2d(i, o, 1))
         self.proj_in = proj(ch, inner)
         self.transformer_blocks = nn.ModuleList(
             BasicTransformerBlock(inner, heads, dim_head, config.context_dim) for _ in range(config.transformer_depth)
@@ -252,10 +287,10 @@ class UNetModel(nn.Module):
         def attn(ch: int) -> SpatialTransformer:
             return SpatialTransformer(ch, *c.attention_heads(ch), c)
 
-        self.time_embed = nn.Sequential(nn.Linear(mc, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
+        self.time_embed = nn.Sequential(Linear(mc, emb_ch), nn.SiLU(), Linear(emb_ch, emb_ch))
 
         # 1. Encoder: conv_in, then per level num_res_blocks x (Res [+ ST]) and a Downsample except at the last.
-        self.input_blocks = nn.ModuleList([TimestepEmbedSequential([nn.Conv2d(c.in_channels, mc, 3, padding=1)])])
+        self.input_blocks = nn.ModuleList([TimestepEmbedSequential([Conv2d(c.in_channels, mc, 3, padding=1)])])
         skip_chs, ch = [mc], mc
         for level, mult in enumerate(c.channel_mult):
             has_attn = 2**level in c.attention_resolutions
@@ -283,7 +318,7 @@ class UNetModel(nn.Module):
                 layers += [Upsample(ch)] if level and i == c.num_res_blocks else []
                 self.output_blocks.append(TimestepEmbedSequential(layers))
 
-        self.out = nn.Sequential(GroupNorm32(groups, ch), nn.SiLU(), nn.Conv2d(ch, c.out_channels, 3, padding=1))
+        self.out = nn.Sequential(GroupNorm32(groups, ch), nn.SiLU(), Conv2d(ch, c.out_channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | int, context: torch.Tensor) -> torch.Tensor:
         """Predict eps. x [B, C_in, H, W] with H, W divisible by 2**(levels-1); t an int, a 0-d or a [B] tensor
