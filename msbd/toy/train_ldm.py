@@ -1,0 +1,156 @@
+"""Training of the toy world's latent diffusion models: the VAE, then the UNet with its text encoder.
+
+Both are the `ldm` classes at tiny sizes (see `msbd/toy/presets.py`), trained from scratch with
+pytorch-lightning on procedural renders. The VAE follows the KL-autoencoder recipe of latent diffusion
+(reconstruction + a very small KL term; an edge term stands in for the perceptual and GAN losses that
+are too costly here). The UNet learns eps-prediction on the SD-v1 schedule, jointly with the text
+encoder, with caption dropout for classifier-free guidance, and keeps an EMA of its weights.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from ldm.models.autoencoder import AutoencoderConfig, AutoencoderKL
+from ldm.models.clip_text import CLIPTextConfig, CLIPTextEncoder
+from ldm.models.unet import UNetConfig, UNetModel
+from ldm.sampling.schedule import alphas_cumprod, scaled_linear_betas
+
+
+# ----------------------------------------------------------------------------------------------------------
+# VAE
+
+
+@dataclass
+class VAETrainConfig:
+    lr: float = 4e-4
+    kl_weight: float = 1e-6        # as latent diffusion's kl-f8 config
+    edge_weight: float = 0.5       # L1 on image gradients: keeps edges crisp without a GAN
+    crop: int = 64                 # random crops of the 128 px renders (the VAE is convolutional)
+    batch_size: int = 32
+
+
+class ImageCropDataset(Dataset):
+    """Random square crops (and flips) of a uint8 [N, H, W, 3] array, as float images in [-1, 1]."""
+
+    def __init__(self, images, crop: int, seed: int = 0):
+        self.images, self.crop, self.seed = images, crop, seed
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        image = torch.from_numpy(self.images[i]).permute(2, 0, 1).float() / 127.5 - 1.0  # [3, H, W]
+        _, h, w = image.shape
+        top = int(torch.randint(0, h - self.crop + 1, ()))
+        left = int(torch.randint(0, w - self.crop + 1, ()))
+        image = image[:, top:top + self.crop, left:left + self.crop]
+        return image.flip(-1) if torch.rand(()) < 0.5 else image
+
+
+def image_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return x[..., 1:, :] - x[..., :-1, :], x[..., :, 1:] - x[..., :, :-1]
+
+
+class VAELitModule(pl.LightningModule):
+    def __init__(self, model_config: AutoencoderConfig, train_config: VAETrainConfig):
+        super().__init__()
+        self.vae = AutoencoderKL(model_config)
+        self.train_config = train_config
+
+    def training_step(self, image: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        mean, logvar = self.vae.encode_moments(image)
+        z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+        recon = self.vae.decode(z)
+        rec = F.l1_loss(recon, image) + F.mse_loss(recon, image)
+        (gy, gx), (ry, rx) = image_gradients(image), image_gradients(recon)
+        edge = F.l1_loss(ry, gy) + F.l1_loss(rx, gx)
+        kl = 0.5 * torch.mean(mean.pow(2) + logvar.exp() - 1.0 - logvar)
+        loss = rec + self.train_config.edge_weight * edge + self.train_config.kl_weight * kl
+        with torch.no_grad():
+            psnr = -10 * torch.log10(F.mse_loss((recon.clamp(-1, 1) + 1) / 2, (image + 1) / 2))
+        self.log_dict({"loss": loss, "psnr": psnr, "kl": kl}, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.vae.parameters(), lr=self.train_config.lr, weight_decay=0.0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# UNet + text encoder
+
+
+@dataclass
+class LDMTrainConfig:
+    lr: float = 3e-4
+    warmup_steps: int = 200
+    batch_size: int = 64
+    caption_dropout: float = 0.1   # the share of empty prompts, for classifier-free guidance
+    ema_decay: float = 0.999
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    num_train_timesteps: int = 1000
+
+
+class LatentCaptionDataset(Dataset):
+    """Pre-encoded latents [N, 4, h, w] (already multiplied by the scale factor) with token ids [N, 77]."""
+
+    def __init__(self, latents: torch.Tensor, token_ids: torch.Tensor, empty_ids: torch.Tensor,
+                 caption_dropout: float):
+        self.latents, self.token_ids, self.empty_ids = latents, token_ids, empty_ids
+        self.caption_dropout = caption_dropout
+
+    def __len__(self) -> int:
+        return len(self.latents)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        drop = torch.rand(()) < self.caption_dropout
+        return self.latents[i], (self.empty_ids if drop else self.token_ids[i])
+
+
+class LDMLitModule(pl.LightningModule):
+    def __init__(self, unet_config: UNetConfig, text_config: CLIPTextConfig, train_config: LDMTrainConfig):
+        super().__init__()
+        self.unet = UNetModel(unet_config)
+        self.text_encoder = CLIPTextEncoder(text_config)
+        self.train_config = train_config
+        self.ema_unet = copy.deepcopy(self.unet).requires_grad_(False)
+        self.ema_text = copy.deepcopy(self.text_encoder).requires_grad_(False)
+        betas = scaled_linear_betas(train_config.beta_start, train_config.beta_end, train_config.num_train_timesteps)
+        self.register_buffer("alpha_bar", alphas_cumprod(betas).float(), persistent=False)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        z0, ids = batch                                                    # [B, 4, h, w], [B, 77]
+        t = torch.randint(0, self.train_config.num_train_timesteps, (z0.shape[0],), device=z0.device)
+        a = self.alpha_bar[t].view(-1, 1, 1, 1)
+        eps = torch.randn_like(z0)
+        z_t = a.sqrt() * z0 + (1 - a).sqrt() * eps
+        eps_hat = self.unet(z_t, t, self.text_encoder(ids))
+        loss = F.mse_loss(eps_hat, eps)
+        self.log("loss", loss, prog_bar=True)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        decay = min(self.train_config.ema_decay, (1 + self.global_step) / (10 + self.global_step))
+        with torch.no_grad():
+            for ema, live in ((self.ema_unet, self.unet), (self.ema_text, self.text_encoder)):
+                for p_ema, p in zip(ema.parameters(), live.parameters()):
+                    p_ema.lerp_(p, 1 - decay)
+
+    def configure_optimizers(self):
+        params = list(self.unet.parameters()) + list(self.text_encoder.parameters())
+        optimizer = torch.optim.AdamW(params, lr=self.train_config.lr, weight_decay=0.01)
+        warmup = self.train_config.warmup_steps
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def latent_scale_factor(latents: torch.Tensor) -> float:
+    """1 / std of unscaled latents, the way SD's 0.18215 was computed (rounded to 5 digits)."""
+    return float(f"{1.0 / latents.float().std().item():.5g}")
+

@@ -1,0 +1,167 @@
+"""Train the embedded toy world's models from scratch: VAE, UNet + text encoder, reranking CLIP, x4 SR.
+
+    python scripts/train_toy.py                      # all stages, resumable: run again after an interruption
+    python scripts/train_toy.py stages=[ldm] ldm.max_minutes=20 force=[ldm]
+
+Every stage trains for a wall-clock budget with pytorch-lightning, checkpoints to `run_dir` every few
+hundred steps (`last.ckpt`; an interrupted stage continues from there, with the time already spent counted),
+and exports small safetensors files to `export_dir`. The diffusion weights are exported in the CompVis layout
+(`model.diffusion_model.*`, `first_stage_model.*`, `cond_stage_model.transformer.*`), so they load through
+the same code path as a real `sd-v1-4.ckpt`. `MODEL_CARD.md` records data, command, time and metrics.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from ldm.models.tokenizer import CLIPTokenizer  # noqa: E402
+from msbd.toy import presets  # noqa: E402
+from msbd.toy.data import images_to_tensor, render_cache, seed_range  # noqa: E402
+from msbd.toy.train_ldm import (  # noqa: E402
+    ImageCropDataset, LatentCaptionDataset, LDMLitModule, LDMTrainConfig, VAELitModule, VAETrainConfig,
+    latent_scale_factor,
+)
+
+
+def _trainer(stage_dir: str, max_minutes: float) -> pl.Trainer:
+    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=stage_dir, save_last=True, save_top_k=0,
+                                              every_n_train_steps=100)
+    return pl.Trainer(accelerator="cpu", devices=1, max_epochs=-1, max_time={"minutes": max_minutes},
+                      callbacks=[checkpoint], logger=pl.loggers.CSVLogger(stage_dir, name="log"),
+                      log_every_n_steps=20, enable_model_summary=False, num_sanity_val_steps=0)
+
+
+def _fit(module: pl.LightningModule, loader: DataLoader, stage_dir: str, max_minutes: float) -> float:
+    """Fit for the time budget, resuming from `stage_dir/last.ckpt`; returns the minutes spent in this call."""
+    last = os.path.join(stage_dir, "last.ckpt")
+    start = time.time()
+    _trainer(stage_dir, max_minutes).fit(module, loader, ckpt_path=last if os.path.exists(last) else None)
+    return (time.time() - start) / 60
+
+
+def _last_metric(stage_dir: str, name: str) -> float | None:
+    """The last logged value of a metric in the stage's CSV log (for the model card)."""
+    logs = sorted((os.path.join(d, "metrics.csv") for d, _, files in os.walk(stage_dir) if "metrics.csv" in files),
+                  key=os.path.getmtime)
+    if not logs:
+        return None
+    import csv
+    with open(logs[-1]) as f:
+        values = [row[name] for row in csv.DictReader(f) if row.get(name)]
+    return float(values[-1]) if values else None
+
+
+def train_vae(cfg: DictConfig, cache, card: dict) -> str:
+    stage_dir = os.path.join(cfg.run_dir, "vae")
+    out = os.path.join(stage_dir, "vae.safetensors")
+    if os.path.exists(out) and "vae" not in cfg.force:
+        return out
+    tc = VAETrainConfig(lr=cfg.vae.lr, kl_weight=cfg.vae.kl_weight, edge_weight=cfg.vae.edge_weight,
+                        crop=cfg.vae.crop, batch_size=cfg.vae.batch_size)
+    module = VAELitModule(presets.TOY_VAE, tc)
+    loader = DataLoader(ImageCropDataset(cache.images, tc.crop), batch_size=tc.batch_size, shuffle=True,
+                        drop_last=True)
+    minutes = _fit(module, loader, stage_dir, cfg.vae.max_minutes)
+    save_file({k: v.contiguous() for k, v in module.vae.state_dict().items()}, out)
+    card["vae"] = {"minutes_last_call": round(minutes, 1), "train_psnr_last": _last_metric(stage_dir, "psnr")}
+    return out
+
+
+@torch.no_grad()
+def encode_latents(vae_path: str, cache, stage_dir: str) -> tuple[torch.Tensor, float]:
+    """Posterior means of every training render and the scale factor that gives them unit variance."""
+    out = os.path.join(stage_dir, "latents.safetensors")
+    if os.path.exists(out) and os.path.getmtime(out) > os.path.getmtime(vae_path):
+        saved = load_file(out)
+        return saved["latents"], float(saved["scale"])
+    from ldm.models.autoencoder import AutoencoderKL
+    vae = AutoencoderKL(presets.TOY_VAE).eval()
+    vae.load_state_dict(load_file(vae_path))
+    chunks = [vae.encode(images_to_tensor(cache.images[i:i + 256]) * 2 - 1) for i in range(0, len(cache), 256)]
+    latents = torch.cat(chunks)                                             # [N, 4, 16, 16], unscaled
+    scale = latent_scale_factor(latents)
+    os.makedirs(stage_dir, exist_ok=True)
+    save_file({"latents": latents.contiguous(), "scale": torch.tensor(scale)}, out)
+    return latents, scale
+
+
+def train_ldm(cfg: DictConfig, cache, latents: torch.Tensor, scale: float, card: dict) -> str:
+    stage_dir = os.path.join(cfg.run_dir, "ldm")
+    out = os.path.join(stage_dir, "ldm.safetensors")
+    if os.path.exists(out) and "ldm" not in cfg.force:
+        return out
+    tokenizer = CLIPTokenizer()
+    token_ids = tokenizer(list(cache.captions))
+    empty_ids = tokenizer([""])[0]
+    tc = LDMTrainConfig(lr=cfg.ldm.lr, warmup_steps=cfg.ldm.warmup_steps, batch_size=cfg.ldm.batch_size,
+                        caption_dropout=cfg.ldm.caption_dropout, ema_decay=cfg.ldm.ema_decay)
+    module = LDMLitModule(presets.TOY_UNET, presets.TOY_TEXT, tc)
+    dataset = LatentCaptionDataset(latents * scale, token_ids, empty_ids, tc.caption_dropout)
+    loader = DataLoader(dataset, batch_size=tc.batch_size, shuffle=True, drop_last=True)
+    minutes = _fit(module, loader, stage_dir, cfg.ldm.max_minutes)
+    state = {f"model.diffusion_model.{k}": v for k, v in module.ema_unet.state_dict().items()}
+    state.update({f"cond_stage_model.transformer.{k}": v for k, v in module.ema_text.state_dict().items()})
+    save_file({k: v.contiguous() for k, v in state.items()}, out)
+    card["ldm"] = {"minutes_last_call": round(minutes, 1), "train_loss_last": _last_metric(stage_dir, "loss")}
+    return out
+
+
+def export(cfg: DictConfig, vae_path: str, ldm_path: str, scale: float) -> None:
+    """Write the shipped files: one CompVis-layout fp16 safetensors for VAE + UNet + text encoder, and its config."""
+    os.makedirs(cfg.export_dir, exist_ok=True)
+    state = {f"first_stage_model.{k}": v for k, v in load_file(vae_path).items()}
+    state.update(load_file(ldm_path))
+    save_file({k: v.half().contiguous() for k, v in state.items()},
+              os.path.join(cfg.export_dir, os.path.basename(presets.LDM_WEIGHTS)))
+    with open(os.path.join(cfg.export_dir, os.path.basename(presets.LDM_CONFIG)), "w") as f:
+        json.dump(presets.toy_ldm_config_dict(scale), f, indent=2)
+
+
+def _write_card(cfg: DictConfig, card: dict) -> None:
+    path = os.path.join(cfg.run_dir, "card.json")
+    previous = json.load(open(path)) if os.path.exists(path) else {}
+    previous.update(card)
+    with open(path, "w") as f:
+        json.dump(previous, f, indent=2)
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="train_toy")
+def main(cfg: DictConfig) -> None:
+    torch.set_num_threads(cfg.threads)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    os.makedirs(cfg.run_dir, exist_ok=True)
+    card: dict = {"config": OmegaConf.to_container(cfg, resolve=True)}
+    cache = render_cache(os.path.join(cfg.run_dir, "cache"), seed_range("train", cfg.data.n_train), cfg.data.size)
+    if {"vae", "ldm"} & set(cfg.stages):
+        vae_path = train_vae(cfg, cache, card)
+        latents, scale = encode_latents(vae_path, cache, os.path.join(cfg.run_dir, "ldm"))
+        card["latent_scale"] = scale
+        if "ldm" in cfg.stages:
+            ldm_path = train_ldm(cfg, cache, latents, scale, card)
+            export(cfg, vae_path, ldm_path, scale)
+    if "clip" in cfg.stages:
+        from msbd.toy.clip_model import train_clip
+        card["clip"] = train_clip(os.path.join(cfg.run_dir, "clip"), max_minutes=cfg.clip.max_minutes, seed=cfg.seed)
+        shutil.copyfile(os.path.join(cfg.run_dir, "clip", "clip.safetensors"), presets.CLIP_WEIGHTS)
+    if "sr" in cfg.stages:
+        from msbd.toy.sr_model import train_sr
+        card["sr"] = train_sr(os.path.join(cfg.run_dir, "sr"), max_minutes=cfg.sr.max_minutes, seed=cfg.seed)
+        shutil.copyfile(os.path.join(cfg.run_dir, "sr", "sr.safetensors"), presets.SR_WEIGHTS)
+    _write_card(cfg, card)
+
+
+if __name__ == "__main__":
+    main()
