@@ -1,0 +1,169 @@
+"""The knobs of Multi-Stage Blended Diffusion, grouped by stage (the reference's ~20 kwargs, ALGORITHM.md §13).
+
+`MSBDConfig` holds one dataclass per part of the pipeline: `first_stage` (§5-§6), `upscale` (§7-§8), `grid` (§9),
+`decoder_opt` (§10), `paste` (§11), plus the crop `margin` (§3), the `seed` and `reference_quirks` (switches that
+reproduce the authors' code where it departs from what we believe correct; the defaults are the fixes).
+
+Defaults are the reference CLI's for Stable Diffusion v1 (native 512 px). Pixel sizes scale with the model's native
+size: `MSBDConfig.for_native_size(128)` gives the toy world's (first stage 128, max_edgelen and tile 192,
+overlap 32). Field names equal the argument names they feed, so a grep finds both; `validate` raises a ValueError
+with a one-line message for out-of-range settings.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+UPSCALE_MODES = ("esrgan", "bilinear", "bicubic", "sharpen")
+LOWPASS_MODES = ("matching", "half", "no")
+FUSIONS = ("alpha", "latent")
+
+
+@dataclass
+class FirstStageConfig:
+    """§5-§6: blended DDIM (+ RePaint) on a batch at the model's native size, then CLIP reranking."""
+
+    size: int = 512                 # diffusion resolution of the first stage (= native size)
+    batch: int = 5                  # candidates sampled (reference CLI: 5)
+    steps: int = 50                 # DDIM steps
+    guidance: float = 7.5           # classifier-free guidance scale
+    eta: float = 1.0                # DDIM eta (stochastic in every reference stage)
+    repaint_steps: int = 5          # RePaint extra passes per step (reference CLI: 5)
+    repaint_jump: int = 0           # RePaint jump length (0 = per-step resampling, hard-coded in the reference)
+    strength: float = 1.0           # SDEdit start of the first stage (1 = from pure noise)
+    rerank: bool = True             # keep the CLIP argmax among the candidates (needs a reranker and batch > 1)
+
+
+@dataclass
+class UpscaleConfig:
+    """§7-§8: the stage ladder and the SDEdit-started blended refinement of each stage."""
+
+    mode: str = "esrgan"            # esrgan | bilinear | bicubic | sharpen
+    max_edgelen: int = 768          # largest stage done in one piece; larger final stages use the grid
+    steps: int = 100                # DDIM schedule of the upscaling stages (2 x 50 in the reference)
+    strength: float = 0.4           # SDEdit fraction of the intermediate (and non-grid final) stages
+    grid_strength: float = 0.25     # SDEdit fraction of the grid stage
+    lowpass: str = "matching"       # matching | half | no: low-pass of the reference outside the mask
+    conditional: bool = True        # use the prompt in the upscaling stages ("" otherwise)
+    blended: bool = True            # blend the background; False = plain SDEdit of the whole crop
+    straight_to_grid: bool = False  # skip the intermediate stages
+
+
+@dataclass
+class GridConfig:
+    """§9: overlapping tiles for stages above max_edgelen."""
+
+    tile: int = 768                 # tile side in pixels
+    overlap: int = 128              # overlap between neighbouring tiles in pixels
+    fusion: str = "alpha"           # alpha: reference tile compositing | latent: MultiDiffusion eps averaging
+    skip_empty_tiles: bool = True   # tiles without mask pixels are not diffused (their pixels: upscaled input)
+
+
+@dataclass
+class DecoderOptConfig:
+    """§10: fine-tune the VAE decoder per stage so the background matches the original (weights restored after)."""
+
+    enabled: bool = True            # reference CLI default; the function default is off
+    iterations: int = 100           # epochs (one Adam step per pair of tiles each)
+    lr: float = 1e-4                # Adam learning rate
+    bg_weight: float = 100.0        # weight of the background term
+    tile: int = 512                 # optimisation tile for stages above max_edgelen
+
+
+@dataclass
+class PasteConfig:
+    """§11: paste the final crop into the original, inside the mask only."""
+
+    feather_px: int = 0             # 0 = hard binary paste as the reference; > 0 feathers inward
+
+
+@dataclass
+class ReferenceQuirks:
+    """Switches that reproduce the reference code; every default is the fixed behaviour (docs/SAMPLER.md, §14)."""
+
+    background_level: Literal["reached", "reference"] = "reached"  # "reference": background noised at t, not t-1
+    clean_final: bool = True            # False: final background is the source noised to t = 1 (reference)
+    sdedit_ref_alpha0: bool = False     # True: SDEdit start divides by alpha_bar_0 (reference)
+    esrgan_bgr: bool = False            # True: run ESRGAN with R and B swapped, as the reference does (§8)
+    crop_rule: str = "fixed"            # "reference": the W/H-swapped clamp and its assert (§3)
+    drop_redundant_tiles: bool = True   # False: keep the reference's redundant last tiles (§9)
+    alpha_quantize: bool = False        # True: quantise tile alphas to uint8 steps as PIL does (§9)
+    truncate_uint8: bool = False        # True: float -> uint8 by truncation (reference), else rounding
+    same_seed_per_tile: bool = False    # True: every tile replays the same noise (the reference re-seeds per tile)
+
+
+@dataclass
+class MSBDConfig:
+    first_stage: FirstStageConfig = field(default_factory=FirstStageConfig)
+    upscale: UpscaleConfig = field(default_factory=UpscaleConfig)
+    grid: GridConfig = field(default_factory=GridConfig)
+    decoder_opt: DecoderOptConfig = field(default_factory=DecoderOptConfig)
+    paste: PasteConfig = field(default_factory=PasteConfig)
+    margin: float = 1.2             # crop side = ceil(mask extent x margin / 64) x 64 (>= 1)
+    seed: int = 0                   # every sample, stage and tile derives its generator from it
+    reference_quirks: ReferenceQuirks = field(default_factory=ReferenceQuirks)
+    progress: bool = False          # tqdm bars inside the sampler
+
+    @classmethod
+    def for_native_size(cls, native: int, **overrides: Any) -> "MSBDConfig":
+        """Defaults with pixel sizes scaled to a model of native size `native` (512 for SD v1, 128 toy).
+
+        first-stage size = native, max_edgelen = tile = 1.5 native, overlap = native / 4, decoder tile = native.
+        overrides: top-level fields or sub-dataclass instances / dicts of their fields.
+        """
+        cfg = cls()
+        cfg.first_stage.size = native
+        cfg.upscale.max_edgelen = cfg.grid.tile = native * 3 // 2
+        cfg.grid.overlap = native // 4
+        cfg.decoder_opt.tile = native
+        return replace(cfg, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict of every setting (the resolved config written into the output PNG)."""
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        """Raise a ValueError naming the first out-of-range setting."""
+        fs, up, grid, dec = self.first_stage, self.upscale, self.grid, self.decoder_opt
+        checks = [
+            (self.margin >= 1, f"margin must be >= 1, got {self.margin}"),
+            (fs.size > 0, f"first_stage.size must be positive, got {fs.size}"),
+            (fs.batch >= 1, f"first_stage.batch must be >= 1, got {fs.batch}"),
+            (fs.steps >= 1 and up.steps >= 1, f"steps must be >= 1, got first_stage.steps={fs.steps}, "
+                                              f"upscale.steps={up.steps}"),
+            (fs.repaint_steps >= 0 and fs.repaint_jump >= 0, "first_stage.repaint_steps/repaint_jump must be >= 0"),
+            (fs.eta >= 0, f"first_stage.eta must be >= 0, got {fs.eta}"),
+            (0 < fs.strength <= 1, f"first_stage.strength must be in (0, 1], got {fs.strength}"),
+            (0 <= up.strength <= 1, f"upscale.strength must be in [0, 1], got {up.strength}"),
+            (0 <= up.grid_strength <= 1, f"upscale.grid_strength must be in [0, 1], got {up.grid_strength}"),
+            (up.mode in UPSCALE_MODES, f"upscale.mode must be one of {UPSCALE_MODES}, got {up.mode!r}"),
+            (up.lowpass in LOWPASS_MODES, f"upscale.lowpass must be one of {LOWPASS_MODES}, got {up.lowpass!r}"),
+            (up.max_edgelen >= fs.size, f"upscale.max_edgelen ({up.max_edgelen}) must be >= first_stage.size "
+                                        f"({fs.size})"),
+            (grid.tile > 0, f"grid.tile must be positive, got {grid.tile}"),
+            (0 <= grid.overlap < grid.tile, f"grid.overlap ({grid.overlap}) must be in [0, grid.tile={grid.tile})"),
+            (grid.fusion in FUSIONS, f"grid.fusion must be one of {FUSIONS}, got {grid.fusion!r}"),
+            (dec.iterations >= 0, f"decoder_opt.iterations must be >= 0, got {dec.iterations}"),
+            (dec.lr > 0 and dec.tile > 0, "decoder_opt.lr and decoder_opt.tile must be positive"),
+            (self.paste.feather_px >= 0, f"paste.feather_px must be >= 0, got {self.paste.feather_px}"),
+            (self.reference_quirks.crop_rule in ("fixed", "reference"),
+             f"reference_quirks.crop_rule must be 'fixed' or 'reference', got {self.reference_quirks.crop_rule!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+def replace(cfg: MSBDConfig, **overrides: Any) -> MSBDConfig:
+    """A copy of cfg with top-level fields replaced; a dict for a sub-config updates only the keys it names."""
+    out = copy.deepcopy(cfg)
+    for name, value in overrides.items():
+        if name not in {f.name for f in dataclasses.fields(MSBDConfig)}:
+            raise ValueError(f"unknown MSBDConfig field {name!r}")
+        current = getattr(out, name)
+        if isinstance(value, dict) and dataclasses.is_dataclass(current):
+            value = dataclasses.replace(current, **value)
+        setattr(out, name, value)
+    return out

@@ -1,0 +1,301 @@
+"""Multi-Stage Blended Diffusion (Ackermann & Li 2022): orchestration of the stages, ALGORITHM.md §2.
+
+`run_msbd(image, mask, prompt, config, bundle)`:
+1. plan the crop (§3) and build the work image (upsampled when the image is smaller than the first stage);
+2. first stage (§5-§6): blended DDIM + RePaint on a batch at native size, CLIP rerank, decoder optimisation;
+3. stage ladder (§7-§8): recrop around the mask, super-resolve the previous result, paste the low-passed original
+   outside the mask, SDEdit-started blended DDIM (+ decoder optimisation);
+4. grid stage (§9) above `max_edgelen`: `fusion='alpha'` diffuses tiles independently and composites them with
+   the reference's sigmoid ramps; `fusion='latent'` (MultiDiffusion) runs one sampler on the whole latent whose
+   model callable averages the eps of overlapping tiles with `fusion_weights` (the DDIM update is linear in eps,
+   so this equals averaging the tiles after every step). Tiles without mask pixels are skipped: their pixels
+   come from the upscaled input;
+5. paste back (§11): every pixel outside the mask is byte-identical to the input.
+
+Everything here calls helpers (msbd.crop, mask, stitch, upscale, decoder_opt; ldm.sampling). Randomness: every
+candidate, stage and tile has its own generator derived from (seed, stage, index), so results do not depend on
+which tiles run. Deviations from the reference (documented in msbd.config.ReferenceQuirks): values stay in [0, 1]
+when recropping (§14.9), the whole stage input is upsampled once and cut into tiles (the reference upsamples
+each tile's low-res window; this also fixes its height-only window ratio), ESRGAN is fed RGB.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ldm.sampling import SamplerConfig, sample
+from msbd.config import MSBDConfig
+from msbd.crop import Box, CropPlan, box_to_original, from_work_image, place_crop, plan_crop, stage_geometry
+from msbd.crop import stage_sizes, to_work_image, to_work_mask
+from msbd.decoder_opt import decoder_optimization
+from msbd.mask import binarize, resize_image, resize_mask
+from msbd.models import ModelBundle, decode_tiled, denoiser, encode_tiled
+from msbd.stitch import alpha_composite, fusion_weights, grid_tiles, mask_tiles, paste_back, to_uint8
+from msbd.upscale import lowpass_reference, upsample
+
+StageHook = Callable[[str], None]
+
+
+@dataclass
+class StageResult:
+    name: str                       # "first", "stage1", ..., with "(grid)" for grid stages
+    image: torch.Tensor             # [1, 3, h, w] in [0, 1], the stage output
+    box: Box                        # its crop in work coordinates
+    seconds: float
+    model_calls: int                # UNet calls (each on a CFG batch)
+    tiles_run: int = 1
+    tiles_total: int = 1
+    decoder_loss: tuple[float, float] | None = None  # decoder optimisation loss (before, after)
+
+
+@dataclass
+class EditResult:
+    image: np.ndarray               # [H, W, 3] uint8, the edited input
+    stages: list[StageResult]
+    candidates: list[np.ndarray]    # first-stage candidates, uint8 [size, size, 3]
+    scores: list[float] | None      # reranker scores of the candidates (None without reranking)
+    chosen: int                     # index of the kept candidate
+    plan: CropPlan
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class _Counter:
+    """Counts calls of the model callable (one per UNet evaluation, whatever its batch)."""
+
+    def __init__(self, model: Callable) -> None:
+        self.model, self.calls = model, 0
+
+    def __call__(self, x_t, t, context):
+        self.calls += 1
+        return self.model(x_t, t, context)
+
+
+@dataclass
+class _Run:
+    """Per-edit state shared by the stage helpers."""
+
+    bundle: ModelBundle
+    config: MSBDConfig
+    model: _Counter
+    cond: torch.Tensor              # prompt context, [1, 77, D]
+    uncond: torch.Tensor            # "" context
+    upscale_cond: torch.Tensor      # prompt or "" (upscale.conditional)
+
+
+def generator(seed: int, *keys: int) -> torch.Generator:
+    """A CPU generator for (seed, keys...), independent of every other key tuple."""
+    state = np.random.SeedSequence([seed, *keys]).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 31 ^ int(state[1]))
+
+
+def _sampler_config(run: _Run, steps: int, strength: float, **kw) -> SamplerConfig:
+    q = run.config.reference_quirks
+    return SamplerConfig(num_steps=steps, eta=run.config.first_stage.eta, guidance_scale=run.config.first_stage.guidance,
+                         strength=strength, background_level=q.background_level, clean_final=q.clean_final,
+                         sdedit_ref_alpha0=q.sdedit_ref_alpha0, progress=run.config.progress, **kw)
+
+
+def _latent_mask(run: _Run, mask_px: torch.Tensor) -> torch.Tensor:
+    """mask_z from a pixel mask at the diffusion size (§4 rule: bilinear, > 0), for the bundle's VAE factor."""
+    f = run.bundle.latent_factor
+    return resize_mask(mask_px, (mask_px.shape[-2] // f, mask_px.shape[-1] // f))
+
+
+# 2. First stage ----------------------------------------------------------------------------------------------
+
+
+def first_stage(run: _Run, source: torch.Tensor, mask_crop: torch.Tensor, prompt: str
+                ) -> tuple[torch.Tensor, list[np.ndarray], list[float] | None, int]:
+    """Blended DDIM (+ RePaint) on a batch at native size (§5-§6). source: [1, 3, S, S] in [0, 1] (the square
+    crop), mask_crop: its binary mask. Returns (chosen image [1, 3, n, n], candidates, scores, chosen index)."""
+    fs = run.config.first_stage
+    size = (fs.size, fs.size)
+    image = resize_image(source, size)
+    mask_z = resize_mask(mask_crop, (fs.size // run.bundle.latent_factor,) * 2)  # straight from the S x S mask (§4)
+    z_src = run.bundle.encode(image * 2 - 1)
+    gens = [generator(run.config.seed, 0, k) for k in range(fs.batch)]
+    cfg = _sampler_config(run, fs.steps, fs.strength, repaint_steps=fs.repaint_steps, repaint_jump=fs.repaint_jump)
+    z = sample(run.model, cfg, generators=gens, context=run.cond, uncond_context=run.uncond, source=z_src,
+               mask=mask_z)
+    images = torch.cat([run.bundle.decode(z[k:k + 1]) for k in range(fs.batch)])  # [B, 3, n, n]
+    truncate = run.config.reference_quirks.truncate_uint8
+    candidates = [to_uint8(images[k], truncate) for k in range(fs.batch)]
+    scores, chosen = None, 0
+    if fs.rerank and fs.batch > 1 and run.bundle.reranker is not None:
+        scores = [float(s) for s in run.bundle.reranker(candidates, prompt)]
+        chosen = int(np.argmax(scores))
+    return images[chosen:chosen + 1], candidates, scores, chosen
+
+
+# 3. One blended SDEdit refinement (a stage or a tile) ---------------------------------------------------------
+
+
+def refine(run: _Run, image: torch.Tensor, mask_px: torch.Tensor, strength: float, gen: torch.Generator
+           ) -> torch.Tensor:
+    """Encode, SDEdit-start blended DDIM with the upscaling schedule, decode (§8 upscale steps 5-6)."""
+    up = run.config.upscale
+    z_src = run.bundle.encode(image * 2 - 1)
+    mask_z = _latent_mask(run, mask_px) if up.blended else None
+    z = sample(run.model, _sampler_config(run, up.steps, strength), generators=[gen], context=run.upscale_cond,
+               uncond_context=run.uncond, source=z_src, mask=mask_z)
+    return run.bundle.decode(z)
+
+
+def stage_input(run: _Run, x_in: torch.Tensor, ref: torch.Tensor, mask_px: torch.Tensor) -> torch.Tensor:
+    """Upsample the previous result to the target and paste the low-passed reference outside the mask (§8 2-4)."""
+    up_cfg, q = run.config.upscale, run.config.reference_quirks
+    target = tuple(ref.shape[-2:])
+    up = upsample(x_in, target, up_cfg.mode, run.bundle.upscaler, q.esrgan_bgr)
+    if not up_cfg.blended:
+        return up
+    ref_lp = lowpass_reference(ref, tuple(x_in.shape[-2:]), up_cfg.lowpass)
+    return mask_px * up + (1 - mask_px) * ref_lp
+
+
+def grid_stage(run: _Run, image: torch.Tensor, mask_px: torch.Tensor, stage: int) -> tuple[torch.Tensor, int, int]:
+    """Refine a large stage input tile by tile (§9). Returns (image, tiles run, tiles in the layout)."""
+    grid, q = run.config.grid, run.config.reference_quirks
+    height, width = image.shape[-2:]
+    boxes = grid_tiles(height, width, grid.tile, grid.overlap, min_tile=min(run.config.first_stage.size, grid.tile),
+                       drop_redundant=q.drop_redundant_tiles)
+    _check_aligned(boxes, run.bundle.size_multiple)
+    run_ids = [i for i, b in enumerate(boxes) if not grid.skip_empty_tiles or mask_px[..., *b.slices].any()]
+    strength = run.config.upscale.grid_strength
+    if grid.fusion == "latent":
+        return latent_fusion(run, image, mask_px, [boxes[i] for i in run_ids], stage), len(run_ids), len(boxes)
+    tiles = []
+    for i in run_ids:
+        box = boxes[i]
+        gen = generator(run.config.seed, stage, 0 if q.same_seed_per_tile else i)
+        tiles.append(refine(run, image[..., *box.slices], mask_px[..., *box.slices], strength, gen))
+    out = alpha_composite(tiles, [boxes[i] for i in run_ids], image, grid.overlap, q.alpha_quantize)
+    return out, len(run_ids), len(boxes)
+
+
+def latent_fusion(run: _Run, image: torch.Tensor, mask_px: torch.Tensor, boxes: list[Box], stage: int
+                  ) -> torch.Tensor:
+    """MultiDiffusion: one sampler over the whole latent, eps fused from overlapping tiles every step."""
+    if not boxes:
+        return image
+    f, overlap = run.bundle.latent_factor, run.config.grid.overlap
+    z_src = encode_tiled(run.bundle, image, boxes, overlap)  # [1, C, H/f, W/f]
+    boxes_z = [Box(b.top // f, b.left // f, b.bottom // f, b.right // f) for b in boxes]
+    weights = [w.float() for w in fusion_weights(boxes_z, z_src.shape[-2], z_src.shape[-1], max(1, overlap // f))]
+
+    def fused(x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        eps = torch.zeros_like(x_t)
+        for box, weight in zip(boxes_z, weights):
+            eps[..., *box.slices] += weight * run.model(x_t[..., *box.slices], t, context)
+        return eps
+
+    up = run.config.upscale
+    mask_z = _latent_mask(run, mask_px) if up.blended else None
+    cfg = _sampler_config(run, up.steps, up.grid_strength)
+    z = sample(fused, cfg, generators=[generator(run.config.seed, stage, 0)], context=run.upscale_cond,
+               uncond_context=run.uncond, source=z_src, mask=mask_z)
+    decoded, covered = decode_tiled(run.bundle, z, boxes, overlap)
+    return torch.where(covered, decoded, image)
+
+
+def _check_aligned(boxes: list[Box], multiple: int) -> None:
+    for box in boxes:
+        if any(v % multiple for v in box):
+            raise ValueError(f"grid tile {tuple(box)} is not aligned to {multiple} px (VAE x UNet downsampling); "
+                             f"choose grid.tile, grid.overlap and first_stage.size as multiples of {multiple}")
+
+
+# 4. Orchestration ---------------------------------------------------------------------------------------------
+
+
+def _ceil64(x: int) -> int:
+    return int(math.ceil(x / 64) * 64)
+
+
+def run_msbd(image: np.ndarray, mask: np.ndarray, prompt: str, config: MSBDConfig, bundle: ModelBundle,
+             on_stage: StageHook | None = None) -> EditResult:
+    """Edit `image` ([H, W, 3] uint8) inside `mask` ([H, W] in [0, 1], >= 0.5 = edit) to show `prompt`."""
+    config.validate()
+    hook = on_stage or (lambda name: None)
+    q, up_cfg = config.reference_quirks, config.upscale
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    # 1. Crop plan and work image/mask (upsampled when the image is smaller than the first stage)
+    image01 = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255  # [1, 3, H, W]
+    mask_bin = binarize(torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None])  # [1, 1, H, W]
+    plan = plan_crop(mask_bin[0, 0], config.margin, _ceil64(config.first_stage.size), q.crop_rule)
+    work = to_work_image(image01, plan)
+    work_mask = to_work_mask(mask_bin, plan)
+    mask_np = work_mask[0, 0].numpy() > 0
+    with torch.no_grad():
+        cond, uncond = bundle.encode_text([prompt]), bundle.encode_text([""])
+    run = _Run(bundle, config, _Counter(denoiser(bundle)), cond, uncond, cond if up_cfg.conditional else uncond)
+    stages: list[StageResult] = []
+    # 2. First stage on the square crop, rerank, decoder optimisation
+    hook("first")
+    t0 = time.perf_counter()
+    square = plan.square
+    prev, candidates, scores, chosen = first_stage(run, work[..., *square.slices], work_mask[..., *square.slices],
+                                                   prompt)
+    dec_loss = None
+    if config.decoder_opt.enabled:
+        size = tuple(prev.shape[-2:])
+        ref, mask_px = resize_image(work[..., *square.slices], size), resize_mask(work_mask[..., *square.slices], size)
+        prev, dec_loss = _optimise(run, prev, ref, mask_px)
+    stages.append(StageResult("first", prev, square, time.perf_counter() - t0, run.model.calls, decoder_loss=dec_loss))
+    prev_box = square
+    # 3-4. Stage ladder; the stages above max_edgelen are grids
+    edges = stage_sizes(plan.long_edge, _ceil64(config.first_stage.size), up_cfg.max_edgelen, up_cfg.straight_to_grid)
+    for k, edge in enumerate(edges, start=1):
+        hook(f"stage{k}")
+        t0, calls0 = time.perf_counter(), run.model.calls
+        geom = stage_geometry(edge, plan.diff_h, plan.diff_w, tuple(prev.shape[-2:]), plan.long_edge)
+        box = place_crop(mask_np, *geom.crop_hw, q.crop_rule)
+        stitched = work.clone()
+        stitched[..., *prev_box.slices] = resize_image(prev, (prev_box.height, prev_box.width)).clamp(0, 1)
+        x_in = resize_image(stitched[..., *box.slices], geom.input_hw)
+        ref = resize_image(work[..., *box.slices], geom.target_hw)
+        mask_px = resize_mask(work_mask[..., *box.slices], geom.target_hw)
+        image_in = stage_input(run, x_in, ref, mask_px)
+        grid = edge > up_cfg.max_edgelen
+        if grid:
+            out, n_run, n_tiles = grid_stage(run, image_in, mask_px, k)
+        else:
+            out, n_run, n_tiles = refine(run, image_in, mask_px, up_cfg.strength, generator(config.seed, k, 0)), 1, 1
+        dec_loss = None
+        if config.decoder_opt.enabled:
+            out, dec_loss = _optimise(run, out, ref, mask_px)
+        stages.append(StageResult(f"stage{k}" + (" (grid)" if grid else ""), out, box, time.perf_counter() - t0,
+                                  run.model.calls - calls0, n_run, n_tiles, dec_loss))
+        prev, prev_box = out, box
+    # 5. Paste back inside the mask only
+    hook("paste")
+    timings["total_before_paste"] = time.perf_counter() - t_start
+    result = paste(image, mask_bin, prev, prev_box, work, plan, config)
+    timings["total"] = time.perf_counter() - t_start
+    for s in stages:
+        timings[s.name] = s.seconds
+    return EditResult(result, stages, candidates, scores, chosen, plan, timings)
+
+
+def _optimise(run: _Run, image: torch.Tensor, ref: torch.Tensor, mask_px: torch.Tensor
+              ) -> tuple[torch.Tensor, tuple[float, float]]:
+    res = decoder_optimization(run.bundle, image, ref, mask_px, run.config.decoder_opt, run.config.upscale.max_edgelen)
+    return res.image, (res.loss_before, res.loss_after)
+
+
+def paste(image: np.ndarray, mask_bin: torch.Tensor, edited: torch.Tensor, box: Box, work: torch.Tensor,
+          plan: CropPlan, config: MSBDConfig) -> np.ndarray:
+    """§11: the final crop into the original, inside the binary mask only (via the work image when upsampled)."""
+    truncate, feather = config.reference_quirks.truncate_uint8, config.paste.feather_px
+    if not plan.upsampled:
+        orig_box, inner = box_to_original(box, plan)
+        return paste_back(image, edited[..., *inner.slices], orig_box, mask_bin, feather, truncate)
+    canvas = work.clone()
+    canvas[..., *box.slices] = edited
+    full = from_work_image(canvas, plan).clamp(0, 1)
+    return paste_back(image, full, Box(0, 0, *image.shape[:2]), mask_bin, feather, truncate)
