@@ -1,0 +1,192 @@
+"""One edit from files to file: validate the request, run MSBD with progress bars, write the PNG atomically.
+
+`edit(image_path, mask_path, prompt, output_path, config, bundle)` is what a command line (scripts/run.py) calls:
+1. validate before any model runs: an empty prompt, out-of-range settings (overlap >= tile, negative steps,
+   strength outside [0, 1], margin < 1, ...) and unwritable outputs raise `InputError` with one line; a prompt over
+   the text encoder's 77 tokens is truncated with a warning; the peak memory is estimated and a run that would not
+   fit is refused early, naming the estimate and a setting that would make it fit;
+2. run `msbd.pipeline.run_msbd` with a tqdm bar over the stages (and the sampler's bar per stage);
+3. write the result atomically with PNG text chunks: prompt, seed, the resolved config (JSON) and the SHA-256 of
+   every weights file; optionally every intermediate (candidates with their scores, each stage's output).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from msbd.config import MSBDConfig
+from msbd.crop import plan_crop, stage_sizes
+from msbd.errors import InputError
+from msbd.io import _check_output, load_image, load_mask, save_png_atomic
+from msbd.models import ModelBundle
+from msbd.pipeline import EditResult, _ceil64, run_msbd
+from msbd.stitch import to_uint8
+
+PathLike = str | os.PathLike
+
+
+def validate_prompt(prompt: str, bundle: ModelBundle) -> str:
+    """The prompt, stripped; empty -> InputError; longer than the encoder's context -> warning (it is truncated)."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InputError("prompt is empty: describe what should appear inside the mask")
+    prompt = prompt.strip()
+    n_tokens = bundle.tokenizer.count_tokens(prompt)
+    max_tokens = bundle.tokenizer.context_length - 2
+    if n_tokens > max_tokens:
+        warnings.warn(f"prompt has {n_tokens} tokens; the text encoder keeps the first {max_tokens} "
+                      f"(77 with start/end), the rest is ignored", stacklevel=2)
+    return prompt
+
+
+def validate_config(config: MSBDConfig) -> None:
+    """`MSBDConfig.validate` as a one-line InputError."""
+    try:
+        config.validate()
+    except ValueError as err:
+        raise InputError(f"invalid setting: {err}") from None
+
+
+def _unet_bytes(bundle: ModelBundle, side_px: int, batch: int) -> float:
+    """Rough peak bytes of one guided UNet call on a side_px square: activations plus attention matrices."""
+    c = bundle.unet.config
+    tokens = (side_px / bundle.latent_factor) ** 2
+    n = 2 * batch  # CFG doubles the batch
+    elem = torch.finfo(bundle.dtype).bits // 8
+    activations = n * c.model_channels * max(c.channel_mult) * tokens * 24 * elem
+    heads = c.num_heads if c.num_heads > 0 else c.model_channels // c.num_head_channels
+    attention = n * heads * tokens ** 2 * 4  # float32 scores when the kernel materialises them
+    return activations + attention
+
+
+def _vae_bytes(bundle: ModelBundle, side_px: int) -> float:
+    """Rough peak bytes of decoding a side_px square: full-resolution features plus the mid-block attention."""
+    cfg = bundle.vae.config
+    tokens = (side_px / bundle.latent_factor) ** 2
+    return cfg.ch * side_px ** 2 * 6 * 4 + tokens ** 2 * 4
+
+
+def estimate_memory(config: MSBDConfig, bundle: ModelBundle, image_hw: tuple[int, int], long_edge: int) -> dict:
+    """Peak bytes of the largest model call, per setting that drives it, plus the images held in memory."""
+    fs, up, grid = config.first_stage, config.upscale, config.grid
+    stage_side = min(up.max_edgelen, long_edge)
+    grid_side = grid.tile if long_edge > up.max_edgelen else 0
+    parts = {
+        "first_stage.batch": _unet_bytes(bundle, fs.size, fs.batch) + _vae_bytes(bundle, fs.size),
+        "upscale.max_edgelen": _unet_bytes(bundle, stage_side, 1) + _vae_bytes(bundle, stage_side),
+        "grid.tile": _unet_bytes(bundle, grid_side, 1) + _vae_bytes(bundle, grid_side) if grid_side else 0.0,
+    }
+    images = 4 * 3 * 4 * image_hw[0] * image_hw[1] + 16 * 4 * long_edge ** 2
+    return {"peak": max(parts.values()) + images, "driver": max(parts, key=parts.get), "parts": parts}
+
+
+def available_memory() -> int:
+    """Bytes of physical memory currently available (Linux), or a large number when unknown."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 50
+
+
+def check_memory(config: MSBDConfig, bundle: ModelBundle, image_hw: tuple[int, int], long_edge: int,
+                 limit_bytes: int | None = None) -> dict:
+    """Refuse (InputError) a run whose estimated peak exceeds the limit, naming a setting that would fit."""
+    limit = available_memory() if limit_bytes is None else limit_bytes
+    est = estimate_memory(config, bundle, image_hw, long_edge)
+    if est["peak"] <= limit:
+        return est
+    hint = _fitting_setting(config, bundle, image_hw, long_edge, limit, est["driver"])
+    raise InputError(f"estimated peak memory {est['peak'] / 2**30:.1f} GiB exceeds the available "
+                     f"{limit / 2**30:.1f} GiB (largest: {est['driver']}); {hint}")
+
+
+def _fitting_setting(config, bundle, image_hw, long_edge, limit, driver: str) -> str:
+    trial = dataclasses.replace(config)
+    if driver == "first_stage.batch":
+        for batch in range(config.first_stage.batch - 1, 0, -1):
+            trial.first_stage = dataclasses.replace(config.first_stage, batch=batch)
+            if estimate_memory(trial, bundle, image_hw, long_edge)["peak"] <= limit:
+                return f"first_stage.batch={batch} would fit"
+    if driver in ("grid.tile", "upscale.max_edgelen"):
+        step = bundle.size_multiple
+        for side in range(config.grid.tile - step, config.first_stage.size - 1, -step):
+            trial.grid = dataclasses.replace(config.grid, tile=side, overlap=min(config.grid.overlap, side // 4))
+            trial.upscale = dataclasses.replace(config.upscale, max_edgelen=max(side, config.first_stage.size))
+            if estimate_memory(trial, bundle, image_hw, long_edge)["peak"] <= limit:
+                return f"grid.tile={side} and upscale.max_edgelen={trial.upscale.max_edgelen} would fit"
+    return "no smaller setting fits; use a machine with more memory or a smaller model"
+
+
+def sha256_file(path: PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def weights_hashes(bundle: ModelBundle) -> dict[str, str]:
+    """SHA-256 of every weights file of the bundle (folders: of each file inside, sorted); {} for random weights."""
+    hashes = {}
+    for name, path in bundle.weights_files.items():
+        p = Path(path)
+        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+        for f in files:
+            key = name if f == p else f"{name}/{f.relative_to(p)}"
+            hashes[key] = sha256_file(f)
+    return hashes
+
+
+def save_intermediates(result: EditResult, directory: PathLike, truncate: bool = False) -> None:
+    """Candidates (with scores in scores.json) and each stage's output, as PNGs in `directory`."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for k, cand in enumerate(result.candidates):
+        save_png_atomic(cand, directory / f"candidate_{k}.png")
+    (directory / "scores.json").write_text(json.dumps({"scores": result.scores, "chosen": result.chosen}))
+    for k, stage in enumerate(result.stages):
+        name = stage.name.split()[0]
+        save_png_atomic(to_uint8(stage.image, truncate), directory / f"stage_{k}_{name}.png")
+
+
+def edit(image_path: PathLike, mask_path: PathLike, prompt: str, output_path: PathLike, config: MSBDConfig,
+         bundle: ModelBundle, intermediates_dir: PathLike | None = None, memory_limit_bytes: int | None = None,
+         progress: bool = True) -> EditResult:
+    """Edit one image from files; returns the pipeline's result after writing `output_path` (PNG)."""
+    # 1. Validate everything before a model runs
+    prompt = validate_prompt(prompt, bundle)
+    validate_config(config)
+    _check_output(Path(output_path), (image_path, mask_path), allow_lossy=False)
+    image = load_image(image_path)
+    mask = load_mask(mask_path, image.shape[:2])
+    plan = plan_crop(mask, config.margin, _ceil64(config.first_stage.size), config.reference_quirks.crop_rule)
+    check_memory(config, bundle, image.shape[:2], plan.long_edge, memory_limit_bytes)
+    # 2. Run with an overall bar over the stages (the sampler adds one per stage when config.progress)
+    up = config.upscale
+    n_stages = len(stage_sizes(plan.long_edge, _ceil64(config.first_stage.size), up.max_edgelen, up.straight_to_grid))
+    bar = tqdm(total=n_stages + 2, desc="MSBD", disable=not progress)
+
+    def on_stage(name: str) -> None:
+        if name != "first":
+            bar.update(1)
+        bar.set_postfix_str(name)
+
+    run_config = dataclasses.replace(config, progress=progress and config.progress)
+    try:
+        result = run_msbd(image, mask, prompt, run_config, bundle, on_stage)
+        bar.update(1)
+    finally:
+        bar.close()
+    # 3. Write the output (and intermediates) atomically with provenance
+    chunks = {"prompt": prompt, "seed": str(config.seed), "msbd_config": json.dumps(config.to_dict()),
+              "weights_sha256": json.dumps(weights_hashes(bundle))}
+    save_png_atomic(result.image, output_path, chunks, protected=(image_path, mask_path))
+    if intermediates_dir is not None:
+        save_intermediates(result, intermediates_dir, config.reference_quirks.truncate_uint8)
+    return result

@@ -1,0 +1,139 @@
+"""run_msbd end to end with tiny random-weight models: invariants of the orchestration, not image quality."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from _pipeline_helpers import scene, tiny_config
+from msbd.models import build_bundle
+from msbd.pipeline import run_msbd
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return build_bundle("tiny-test", seed=0)
+
+
+def _outside_identical(result, image, mask):
+    keep = mask < 0.5
+    return np.array_equal(result.image[keep], image[keep])
+
+
+@pytest.mark.parametrize("fusion", ["alpha", "latent"])
+@pytest.mark.parametrize("case", ["plain", "upsampled", "border"])
+def test_outside_mask_byte_identical(bundle, fusion, case):
+    if case == "plain":
+        image, mask = scene()
+    elif case == "upsampled":       # short side 40 < 64: the image is upsampled before cropping
+        image, mask = scene(40, 56, (10, 12, 30, 40))
+    else:                           # mask touches the top-left corner and the right border
+        image, mask = scene(80, 96, (0, 0, 30, 96))
+    cfg = tiny_config(grid__fusion=fusion)
+    result = run_msbd(image, mask, "a red cube", cfg, bundle)
+    assert result.image.shape == image.shape and result.image.dtype == np.uint8
+    assert _outside_identical(result, image, mask)
+    assert not np.array_equal(result.image, image)  # something was edited inside the mask
+    assert result.stages[-1].name.endswith("(grid)")  # these sizes exercise the grid stage
+    if case == "upsampled":
+        assert result.plan.upsampled
+
+
+def test_same_seed_same_bytes_other_seed_differs(bundle):
+    image, mask = scene()
+    a = run_msbd(image, mask, "a red cube", tiny_config(), bundle)
+    b = run_msbd(image, mask, "a red cube", tiny_config(), bundle)
+    c = run_msbd(image, mask, "a red cube", tiny_config(seed=4), bundle)
+    assert a.image.tobytes() == b.image.tobytes()
+    assert a.image.tobytes() != c.image.tobytes()
+
+
+def test_skip_empty_tiles_skips_and_keeps_masked_output(bundle):
+    image, mask = scene(80, 96, (6, 8, 20, 30))      # mask in one corner of the 64x64 crop -> few tiles touched
+    cfg_skip = tiny_config(grid__skip_empty_tiles=True)
+    cfg_all = tiny_config(grid__skip_empty_tiles=False)
+    skip = run_msbd(image, mask, "a red cube", cfg_skip, bundle)
+    full = run_msbd(image, mask, "a red cube", cfg_all, bundle)
+    g_skip, g_full = skip.stages[-1], full.stages[-1]
+    assert g_full.tiles_run == g_full.tiles_total == 4
+    assert 0 < g_skip.tiles_run < g_skip.tiles_total
+    calls_per_tile = g_full.model_calls // g_full.tiles_total
+    assert g_skip.model_calls == calls_per_tile * g_skip.tiles_run
+    assert np.array_equal(skip.image, full.image)  # outside the mask both are the input; inside identical too
+
+
+def test_latent_fusion_single_tile_equals_non_tiled(bundle):
+    image, mask = scene()
+    # crop 64x64; grid when 64 > max_edgelen, and tile 64 >= the stage size gives one tile
+    tiled = tiny_config(upscale__max_edgelen=48, grid__tile=128, grid__overlap=16, grid__fusion="latent")
+    plain = tiny_config(upscale__max_edgelen=64)
+    a = run_msbd(image, mask, "a red cube", tiled, bundle)
+    b = run_msbd(image, mask, "a red cube", plain, bundle)
+    assert a.stages[-1].name.endswith("(grid)") and a.stages[-1].tiles_total == 1
+    assert not b.stages[-1].name.endswith("(grid)")
+    torch.testing.assert_close(a.stages[-1].image, b.stages[-1].image, rtol=0, atol=0)
+    assert np.array_equal(a.image, b.image)
+
+
+def test_latent_fusion_averages_tiles(bundle):
+    """Latent fusion runs every tile once per denoising call and differs from alpha compositing."""
+    image, mask = scene()
+    lat = run_msbd(image, mask, "a red cube", tiny_config(grid__fusion="latent"), bundle)
+    alp = run_msbd(image, mask, "a red cube", tiny_config(grid__fusion="alpha"), bundle)
+    assert lat.stages[-1].model_calls == alp.stages[-1].model_calls  # same tiles x same steps
+    assert not torch.equal(lat.stages[-1].image, alp.stages[-1].image)
+
+
+def test_candidates_scores_and_rerank_argmax(bundle):
+    image, mask = scene()
+    seen = {}
+
+    def reranker(images, prompt):
+        seen["n"], seen["prompt"] = len(images), prompt
+        return torch.tensor([float(im.mean()) for im in images])  # deterministic, image-dependent
+
+    bundle.reranker = reranker
+    try:
+        cfg = tiny_config(first_stage__batch=3)
+        result = run_msbd(image, mask, "a red cube", cfg, bundle)
+    finally:
+        bundle.reranker = None
+    assert seen == {"n": 3, "prompt": "a red cube"}
+    assert len(result.candidates) == 3 and result.candidates[0].shape == (32, 32, 3)
+    means = [float(c.mean()) for c in result.candidates]
+    assert result.scores == pytest.approx(means)
+    assert result.chosen == int(np.argmax(means))
+    kept = np.round(result.stages[0].image[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    assert np.array_equal(kept, result.candidates[result.chosen])
+
+
+def test_no_reranker_keeps_first_candidate(bundle):
+    image, mask = scene()
+    result = run_msbd(image, mask, "a red cube", tiny_config(), bundle)
+    assert result.scores is None and result.chosen == 0
+    assert len(result.candidates) == 2 and not np.array_equal(*result.candidates)
+
+
+def test_stage_ladder_and_timings(bundle):
+    image, mask = scene(200, 230, (40, 40, 170, 200))
+    cfg = tiny_config(upscale__max_edgelen=128, grid__tile=64, grid__overlap=16)
+    result = run_msbd(image, mask, "a red cube", cfg, bundle)
+    names = [s.name for s in result.stages]
+    assert names[0] == "first" and names[-1].endswith("(grid)") and len(names) >= 3  # an intermediate stage
+    assert all(s.model_calls > 0 for s in result.stages)
+    assert result.stages[-1].box == result.plan.final
+    assert result.timings["total"] >= sum(s.seconds for s in result.stages) * 0.99
+    assert _outside_identical(result, image, mask)
+
+
+@pytest.mark.slow
+def test_full_size_photo_outside_mask_identical(bundle):
+    from msbd.io import load_image, load_mask
+    image = load_image("/work/shared/inputs/lofi_revoy.jpg")
+    mask = load_mask("/work/shared/inputs/lofi_revoy_mask.png", image.shape[:2])
+    cfg = tiny_config(first_stage__steps=2, first_stage__repaint_steps=0, upscale__steps=2,
+                      upscale__max_edgelen=256, grid__tile=128, grid__overlap=32)
+    result = run_msbd(image, mask, "a cat", cfg, bundle)
+    assert result.image.shape == image.shape
+    assert _outside_identical(result, image, mask)
+    assert not np.array_equal(result.image, image)
