@@ -21,7 +21,6 @@ import torch
 from msbd.config import DecoderOptConfig
 from msbd.crop import Box
 from msbd.models import ModelBundle, decode_tiled, encode_tiled
-from msbd.stitch import grid_tiles
 
 
 @dataclass
@@ -44,7 +43,20 @@ def optimisation_tiles(height: int, width: int, tile: int, max_edgelen: int) -> 
     """One tile when both sides are <= max_edgelen, else tile x tile boxes with overlap tile/4 (all the same size)."""
     if height <= max_edgelen and width <= max_edgelen:
         return [Box(0, 0, height, width)]
-    return grid_tiles(height, width, tile, tile // 4, min_tile=tile)
+    rows, cols = _spans(height, tile, tile // 4), _spans(width, tile, tile // 4)
+    return [Box(r0, c0, r1, c1) for r0, r1 in rows for c0, c1 in cols]
+
+
+def _spans(length: int, tile: int, overlap: int) -> list[tuple[int, int]]:
+    """Starts 0, stride tile - overlap; the last span is shifted back to end at `length` (all of size min(tile, L))."""
+    if length <= tile:
+        return [(0, length)]
+    spans, start = [], 0
+    while start + tile < length:
+        spans.append((start, start + tile))
+        start += tile - overlap
+    spans.append((length - tile, length))
+    return spans
 
 
 def _coverage_weight(boxes: list[Box], height: int, width: int) -> torch.Tensor:
@@ -85,7 +97,7 @@ def decoder_optimization(bundle: ModelBundle, sample: torch.Tensor, ref: torch.T
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                losses.append(float(loss))
+                losses.append(loss.item())
         loss_after = _total_loss(bundle, items, config.bg_weight)
         # 3. Re-decode with the optimised decoder
         decode = lambda z: _decode(bundle, z).clamp(-1, 1).add(1).div(2)  # noqa: E731

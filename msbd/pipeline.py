@@ -161,7 +161,9 @@ def grid_stage(run: _Run, image: torch.Tensor, mask_px: torch.Tensor, stage: int
     """Refine a large stage input tile by tile (§9). Returns (image, tiles run, tiles in the layout)."""
     grid, q = run.config.grid, run.config.reference_quirks
     height, width = image.shape[-2:]
-    boxes = grid_tiles(height, width, grid.tile, grid.overlap, min_tile=min(run.config.first_stage.size, grid.tile),
+    # min_tile <= stride: stitch.grid_tiles loops forever when a moved-back start never advances
+    min_tile = min(run.config.first_stage.size, grid.tile - grid.overlap)
+    boxes = grid_tiles(height, width, grid.tile, grid.overlap, min_tile=min_tile,
                        drop_redundant=q.drop_redundant_tiles)
     _check_aligned(boxes, run.bundle.size_multiple)
     run_ids = [i for i, b in enumerate(boxes) if not grid.skip_empty_tiles or mask_px[..., *b.slices].any()]

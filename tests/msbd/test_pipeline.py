@@ -116,7 +116,8 @@ def test_no_reranker_keeps_first_candidate(bundle):
 
 def test_stage_ladder_and_timings(bundle):
     image, mask = scene(200, 230, (40, 40, 170, 200))
-    cfg = tiny_config(upscale__max_edgelen=128, grid__tile=64, grid__overlap=16)
+    cfg = tiny_config(upscale__max_edgelen=128, grid__tile=64, grid__overlap=16, first_stage__batch=1,
+                      upscale__strength=0.25, upscale__grid_strength=0.25)
     result = run_msbd(image, mask, "a red cube", cfg, bundle)
     names = [s.name for s in result.stages]
     assert names[0] == "first" and names[-1].endswith("(grid)") and len(names) >= 3  # an intermediate stage
