@@ -132,9 +132,11 @@ def test_full_size_photo_outside_mask_identical(bundle):
     from msbd.io import load_image, load_mask
     image = load_image("/work/shared/inputs/lofi_revoy.jpg")
     mask = load_mask("/work/shared/inputs/lofi_revoy_mask.png", image.shape[:2])
-    cfg = tiny_config(first_stage__steps=2, first_stage__repaint_steps=0, upscale__steps=2,
-                      upscale__max_edgelen=256, grid__tile=128, grid__overlap=32)
+    # 1280 x 1280 final crop straight from the 32 px first stage: ~730 tiles of 64 px, one DDIM step each
+    cfg = tiny_config(first_stage__steps=2, first_stage__batch=1, first_stage__repaint_steps=0, upscale__steps=2,
+                      upscale__max_edgelen=64, grid__tile=64, grid__overlap=16)
     result = run_msbd(image, mask, "a cat", cfg, bundle)
     assert result.image.shape == image.shape
     assert _outside_identical(result, image, mask)
     assert not np.array_equal(result.image, image)
+    assert result.stages[-1].box.height == 1280 and result.stages[-1].tiles_run < result.stages[-1].tiles_total

@@ -1,0 +1,92 @@
+"""cli_edit.edit: validation with one-line InputErrors, memory refusal, PNG provenance, intermediates."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from _pipeline_helpers import scene, tiny_config
+from msbd.cli_edit import check_memory, edit, estimate_memory
+from msbd.errors import InputError
+from msbd.models import build_bundle
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return build_bundle("tiny-test", seed=0)
+
+
+@pytest.fixture
+def files(tmp_path):
+    image, mask = scene()
+    Image.fromarray(image).save(tmp_path / "in.png")
+    Image.fromarray((mask * 255).astype(np.uint8), "L").save(tmp_path / "in_mask.png")
+    return tmp_path / "in.png", tmp_path / "in_mask.png", image, mask
+
+
+def test_edit_writes_png_with_provenance_and_intermediates(bundle, files, tmp_path):
+    img_path, mask_path, image, mask = files
+    out = tmp_path / "out.png"
+    result = edit(img_path, mask_path, "a red cube", out, tiny_config(), bundle,
+                  intermediates_dir=tmp_path / "steps", progress=False)
+    saved = Image.open(out)
+    assert np.array_equal(np.asarray(saved), result.image)
+    assert saved.text["prompt"] == "a red cube" and saved.text["seed"] == "3"
+    assert json.loads(saved.text["msbd_config"])["grid"]["tile"] == 48
+    assert json.loads(saved.text["weights_sha256"]) == {}  # random weights: no files
+    assert np.array_equal(np.asarray(saved)[mask < 0.5], image[mask < 0.5])
+    names = sorted(p.name for p in (tmp_path / "steps").iterdir())
+    assert names == ["candidate_0.png", "candidate_1.png", "scores.json", "stage_0_first.png", "stage_1_stage1.png"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"grid__overlap": 48}, "grid.overlap"),
+    ({"upscale__steps": -1}, "steps"),
+    ({"upscale__strength": 1.5}, "upscale.strength"),
+    ({"upscale__grid_strength": -0.1}, "grid_strength"),
+    ({"margin": 0.9}, "margin"),
+    ({"grid__fusion": "median"}, "grid.fusion"),
+])
+def test_bad_settings_raise_one_line_input_error(bundle, files, tmp_path, change, message):
+    img_path, mask_path, _, _ = files
+    with pytest.raises(InputError, match=message) as err:
+        edit(img_path, mask_path, "a red cube", tmp_path / "out.png", tiny_config(**change), bundle, progress=False)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "out.png").exists()
+
+
+@pytest.mark.parametrize("prompt", ["", "   "])
+def test_empty_prompt(bundle, files, tmp_path, prompt):
+    img_path, mask_path, _, _ = files
+    with pytest.raises(InputError, match="prompt is empty"):
+        edit(img_path, mask_path, prompt, tmp_path / "out.png", tiny_config(), bundle, progress=False)
+
+
+def test_long_prompt_is_truncated_with_warning(bundle, files, tmp_path):
+    img_path, mask_path, _, _ = files
+    long_prompt = " ".join(["cube"] * 90)
+    with pytest.warns(UserWarning, match="tokens"):
+        edit(img_path, mask_path, long_prompt, tmp_path / "out.png", tiny_config(), bundle, progress=False)
+    assert (tmp_path / "out.png").exists()
+
+
+def test_output_overwriting_input_refused_before_running(bundle, files):
+    img_path, mask_path, _, _ = files
+    with pytest.raises(InputError, match="overwrite"):
+        edit(img_path, mask_path, "a red cube", img_path, tiny_config(), bundle, progress=False)
+
+
+def test_memory_refused_early_with_a_setting_that_fits(bundle, files, tmp_path):
+    img_path, mask_path, _, _ = files
+    cfg = tiny_config(first_stage__batch=8)
+    est = estimate_memory(cfg, bundle, (80, 96), 64)
+    assert est["driver"] == "first_stage.batch"
+    limit = int(est["peak"] * 0.6)
+    with pytest.raises(InputError, match=r"estimated peak memory .* first_stage.batch=\d would fit") as err:
+        edit(img_path, mask_path, "a red cube", tmp_path / "out.png", cfg, bundle, memory_limit_bytes=limit,
+             progress=False)
+    batch = int(str(err.value).split("first_stage.batch=")[1].split()[0])
+    cfg.first_stage.batch = batch
+    check_memory(cfg, bundle, (80, 96), 64, limit)  # the suggested setting passes
