@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 UPSCALE_MODES = ("esrgan", "bilinear", "bicubic", "sharpen")
 LOWPASS_MODES = ("matching", "half", "no")
@@ -70,6 +70,7 @@ class DecoderOptConfig:
     lr: float = 1e-4                # Adam learning rate
     bg_weight: float = 100.0        # weight of the background term
     tile: int = 512                 # optimisation tile for stages above max_edgelen
+    skip_empty_tiles: bool = True   # only tiles holding mask pixels (False: every tile, as the reference)
 
 
 @dataclass
@@ -83,7 +84,7 @@ class PasteConfig:
 class ReferenceQuirks:
     """Switches that reproduce the reference code; every default is the fixed behaviour (docs/SAMPLER.md, §14)."""
 
-    background_level: Literal["reached", "reference"] = "reached"  # "reference": background noised at t, not t-1
+    background_level: str = "reached"            # "reference": background noised at t, not t-1
     clean_final: bool = True            # False: final background is the source noised to t = 1 (reference)
     sdedit_ref_alpha0: bool = False     # True: SDEdit start divides by alpha_bar_0 (reference)
     esrgan_bgr: bool = False            # True: run ESRGAN with R and B swapped, as the reference does (§8)
@@ -148,6 +149,9 @@ class MSBDConfig:
             (dec.iterations >= 0, f"decoder_opt.iterations must be >= 0, got {dec.iterations}"),
             (dec.lr > 0 and dec.tile > 0, "decoder_opt.lr and decoder_opt.tile must be positive"),
             (self.paste.feather_px >= 0, f"paste.feather_px must be >= 0, got {self.paste.feather_px}"),
+            (self.reference_quirks.background_level in ("reached", "reference"),
+             "reference_quirks.background_level must be 'reached' or 'reference', "
+             f"got {self.reference_quirks.background_level!r}"),
             (self.reference_quirks.crop_rule in ("fixed", "reference"),
              f"reference_quirks.crop_rule must be 'fixed' or 'reference', got {self.reference_quirks.crop_rule!r}"),
         ]

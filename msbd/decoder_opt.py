@@ -9,6 +9,8 @@ image D_0(z) is kept, and Adam (lr 1e-4) fits the decoder D_theta to
 weights (and its dtype) are restored afterwards, so every call starts from the pretrained decoder.
 
 Stages larger than `max_edgelen` are optimised on tiles of `tile` px, two per Adam step, `iterations` epochs.
+With `skip_empty_tiles` (default) only tiles holding mask pixels are optimised and re-decoded (the others keep the
+stage output, and paste-back replaces their pixels by the original anyway), so the cost follows the masked area.
 Deviation: the reference uses tiles with no overlap (except the shifted last one) and re-decodes with 768/256
 tiles composited by alpha; we use overlap tile/4 for both and fuse the decoded tiles with `fusion_weights`.
 """
@@ -74,6 +76,11 @@ def decoder_optimization(bundle: ModelBundle, sample: torch.Tensor, ref: torch.T
     """
     height, width = sample.shape[-2:]
     boxes = optimisation_tiles(height, width, config.tile, max_edgelen)
+    if config.skip_empty_tiles and len(boxes) > 1:
+        # tiles without mask pixels are replaced by the original at paste-back: optimising them changes nothing
+        boxes = [b for b in boxes if mask_px[..., *b.slices].any()]
+        if not boxes:
+            return DecoderOptResult(sample, 0.0, 0.0, [])
     vae, decoder = bundle.vae, bundle.vae.decoder
     saved = {k: v.detach().clone() for k, v in decoder.state_dict().items()}
     dtype = bundle.vae_dtype
@@ -101,11 +108,12 @@ def decoder_optimization(bundle: ModelBundle, sample: torch.Tensor, ref: torch.T
         loss_after = _total_loss(bundle, items, config.bg_weight)
         # 3. Re-decode with the optimised decoder
         decode = lambda z: _decode(bundle, z).clamp(-1, 1).add(1).div(2)  # noqa: E731
-        if len(boxes) == 1:
+        if len(boxes) == 1 and (boxes[0].height, boxes[0].width) == (height, width):
             image = decode(z_tiles[0])
         else:
             z = encode_tiled(bundle, sample, boxes, config.tile // 4)
-            image, _ = decode_tiled(bundle, z, boxes, config.tile // 4, decode=decode)
+            image, covered = decode_tiled(bundle, z, boxes, config.tile // 4, decode=decode)
+            image = torch.where(covered, image, sample)
     finally:
         decoder.load_state_dict(saved)
         decoder.requires_grad_(False)

@@ -1,86 +1,199 @@
-"""The one Hydra entry point: compose the configuration, pick device and dtype, run the chosen experiment.
+"""The one Hydra entry point: compose the configuration, check it, run the chosen experiment.
 
-    python scripts/run.py +experiment=demo
+    python scripts/run.py +experiment=demo                                  # the README's main job
+    python scripts/run.py +experiment=edit image=IMG mask=MASK prompt="..." output=OUT.png
+    python scripts/run.py -m +experiment=ablation_repaint msbd.seed=0,1,2 hydra/launcher=joblib
 
-Errors a user can cause (bad config values, bad inputs, missing weights) end in one line on stderr and exit code 2.
+The schema is typed (`RootConfig` below, built from the dataclasses of `msbd.config` and `experiments`), so a
+misspelled key or a wrong type fails at compose time. Everything below this file receives plain objects.
+Errors a user can cause (bad config values, bad inputs, missing weights) end in one line on stderr, exit code 2,
+and nothing written. A run whose folder already holds the `DONE` marker is skipped, so a killed sweep restarted
+with the same command redoes only the runs that did not complete.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
-
-import hydra
-import numpy as np
-import torch
-from omegaconf import DictConfig, OmegaConf
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from ldm.config import get_preset  # noqa: E402
-from ldm.models.autoencoder import AutoencoderKL  # noqa: E402
-from ldm.models.clip_text import CLIPTextEncoder  # noqa: E402
-from ldm.models.tokenizer import CLIPTokenizer  # noqa: E402
-from ldm.models.unet import UNetModel  # noqa: E402
-from ldm.sampling import SamplerConfig, guided_model, sample  # noqa: E402
+import hydra  # noqa: E402
+from hydra.core.config_store import ConfigStore  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from experiments import EXPERIMENTS, load_experiment  # noqa: E402
+from experiments.common import DONE_MARKER, ModelSpec, RunContext, write_json  # noqa: E402
+from msbd.config import MSBDConfig  # noqa: E402
 from msbd.errors import InputError  # noqa: E402
-from msbd.io import save_png_atomic  # noqa: E402
-from msbd.toy import scenes  # noqa: E402
 
 log = logging.getLogger("msbd")
+DTYPES = ("float32", "bfloat16", "float16")
+LOCAL_LAUNCHERS = ("basic", "joblib", "local_parallel", "submitit_local")   # hydra/launcher=...: jobs run here
 
 
-@torch.inference_mode()
-def run_smoke(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> str:
-    """Random-weight models of a preset: encode a toy render, blended DDIM in a centre square, decode, save."""
-    s = cfg.smoke
-    config = get_preset(s.preset)
-    f = config.vae.downsample_factor
-    if s.size <= 0 or s.size % f:
-        raise InputError(f"smoke.size must be a positive multiple of {f}, got {s.size}")
-    if s.steps <= 0:
-        raise InputError(f"smoke.steps must be positive, got {s.steps}")
-    torch.manual_seed(cfg.seed)
-    unet = UNetModel(config.unet).to(device, dtype).eval()
-    vae = AutoencoderKL(config.vae).to(device, dtype).eval()
-    text = CLIPTextEncoder(config.text).to(device, dtype).eval()
-    image = scenes.render(scenes.random_scene(cfg.seed), s.size)                        # [H, W, 3] uint8
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 127.5 - 1
-    z_src = vae.encode_latent(x.to(device, dtype), config.scale_factor).float()         # [1, 4, h, w]
-    mask = torch.zeros_like(z_src[:, :1])
-    h = z_src.shape[-1]
-    mask[..., h // 4: 3 * h // 4, h // 4: 3 * h // 4] = 1
-    ids = CLIPTokenizer()([s.prompt, ""]).to(device)
-    context, uncond = text(ids).float().chunk(2)
-    model = lambda x_t, t, c: unet(x_t.to(dtype), t, c.to(dtype)).float()  # noqa: E731
-    z = sample(model, SamplerConfig(num_steps=s.steps), generators=[torch.Generator().manual_seed(cfg.seed)],
-               context=context, uncond_context=uncond, source=z_src, mask=mask)
-    out = vae.decode_latent(z.to(dtype), config.scale_factor).float().clamp(-1, 1)
-    pixels = ((out[0].permute(1, 2, 0).cpu().numpy() + 1) * 127.5).round().astype(np.uint8)
-    path = os.path.join(cfg.output_dir, "smoke.png")
-    os.makedirs(cfg.output_dir, exist_ok=True)
-    save_png_atomic(pixels, path, {"prompt": s.prompt, "seed": str(cfg.seed), "config": OmegaConf.to_yaml(cfg)})
-    return path
+@dataclass
+class RootConfig:
+    task: str = "smoke"                 # the experiment that runs (set by +experiment=NAME)
+    seed: int = 0                       # msbd.seed defaults to this
+    device: str = "cpu"                 # cpu | cuda | cuda:1 | mps
+    dtype: str = "float32"              # float32 | bfloat16 | float16 (of the UNet, VAE and text encoder)
+    threads: int = 0                    # torch CPU threads (0 = torch's default)
+    progress: bool = True               # tqdm bars
+    output_dir: str = "${hydra:runtime.output_dir}"
+    sweep_name: str = "default"         # multirun folder: multirun/<task>/<sweep_name>/<overrides>
+    image: Optional[str] = None          # the user's image, mask, prompt and output (+experiment=edit)
+    mask: Optional[str] = None
+    prompt: str = ""
+    output: Optional[str] = None
+    model: ModelSpec = field(default_factory=ModelSpec)
+    msbd: MSBDConfig = field(default_factory=MSBDConfig)
 
 
-EXPERIMENTS = {"smoke": run_smoke}
+def _schema() -> type:
+    """RootConfig plus one typed node per experiment (`demo:`, `edit:`, ...), each its module's `Params`."""
+    fields = [(name, load_experiment(name).Params, field(default_factory=load_experiment(name).Params))
+              for name in EXPERIMENTS]
+    return dataclasses.make_dataclass("Config", fields, bases=(RootConfig,))
+
+
+ConfigStore.instance().store(name="schema", node=_schema())
+
+
+def _torch_dtype(name: str):
+    import torch
+    if name not in DTYPES:
+        raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+    return getattr(torch, name)
+
+
+def _check_device(name: str, here: bool = True) -> None:
+    import torch
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"device {name!r} is not a torch device (cpu, cuda, cuda:1, mps)") from None
+    if here and device.type == "cuda" and not torch.cuda.is_available():   # here=False: runs on another machine
+        raise InputError(f"device={name} but CUDA is not available here; use device=cpu")
+
+
+def check(cfg: DictConfig, device_here: bool = True) -> tuple[Any, Any]:
+    """Every static check of a composed config (no folder is touched): (typed config object, experiment params)."""
+    if cfg.task not in EXPERIMENTS:
+        raise InputError(f"unknown task {cfg.task!r}; known: {', '.join(sorted(EXPERIMENTS))}")
+    _torch_dtype(cfg.dtype)
+    _check_device(cfg.device, here=device_here)
+    if cfg.threads < 0:
+        raise InputError(f"threads must be >= 0, got {cfg.threads}")
+    plain = cfg.copy()
+    plain.output_dir = "."                               # the hydra: resolver only exists inside a Hydra run
+    obj = OmegaConf.to_object(plain)
+    try:
+        obj.msbd.validate()
+    except ValueError as err:
+        raise InputError(f"invalid setting msbd.{err}") from None
+    params = getattr(obj, cfg.task)
+    if hasattr(params, "validate"):
+        params.validate()
+    return obj, params
+
+
+def run_task(cfg: DictConfig) -> Path | None:
+    """Run `cfg.task` into `cfg.output_dir`; returns the folder (None when it was already complete)."""
+    out_dir = Path(cfg.output_dir)
+    if (out_dir / DONE_MARKER).exists():
+        print(f"skipped {out_dir}: complete ({DONE_MARKER} exists)")
+        return None
+    obj, params = check(cfg)
+    dtype = _torch_dtype(cfg.dtype)
+    if cfg.threads:
+        import torch
+        torch.set_num_threads(cfg.threads)
+    msbd_config: MSBDConfig = obj.msbd
+    module = load_experiment(cfg.task)
+    ctx = RunContext(out_dir=out_dir, seed=cfg.seed, model=obj.model, msbd=msbd_config, dtype=dtype,
+                     device=cfg.device, progress=cfg.progress)
+    t0 = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    summary = module.run(ctx, params) or {}
+    # the marker is written atomically, last: its presence means every output above is complete
+    write_json(out_dir / DONE_MARKER, {"task": cfg.task, "seconds": round(time.perf_counter() - t0, 1),
+                                       "summary": summary})
+    return out_dir
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="config")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> Any:
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     try:
-        if cfg.task not in EXPERIMENTS:
-            raise InputError(f"unknown task {cfg.task!r}; known: {', '.join(sorted(EXPERIMENTS))}")
-        dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-        if cfg.dtype not in dtypes:
-            raise InputError(f"dtype must be one of {', '.join(dtypes)}, got {cfg.dtype!r}")
-        path = EXPERIMENTS[cfg.task](cfg, torch.device(cfg.device), dtypes[cfg.dtype])
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*NumPy array is not writable.*")
+            out = run_task(cfg)
     except (InputError, ValueError, FileNotFoundError) as err:
+        print(f"error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("error: interrupted (no DONE marker written; run the same command again to redo this run)",
+              file=sys.stderr)
+        sys.exit(130)
+    if out is not None:
+        print(f"wrote {out}")
+
+
+def precheck(argv: list[str]) -> None:
+    """Compose every job of the command line before Hydra runs: a bad override is one line and exit 2.
+
+    Hydra's own report of a misspelled key is several lines with a traceback hint; this catches the same errors
+    first (for multirun, every combination of the sweep) and reports the first one on one line.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    overrides = [a for a in argv if not a.startswith("-")]
+    # sweeps: a cluster launcher (hydra/launcher=slurm) runs the jobs on other machines, so a GPU-less login node
+    # must not reject device=cuda; each job checks its device on its node (run_task -> check)
+    remote = any(a.split("=", 1)[0].lstrip("+~") == "hydra/launcher" and a.split("=", 1)[-1] not in LOCAL_LAUNCHERS
+                 for a in overrides)
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in argv):
+        return                                          # --help, --cfg, ...: leave them to Hydra
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+        with initialize_config_dir(config_dir=os.path.join(ROOT, "configs"), version_base="1.3"):
+            for job in jobs[:64]:
+                check(compose("config", overrides=[o for o in job if not o.startswith(("hydra.", "hydra/"))]),
+                      device_here=not remote)
+    except (InputError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    print(f"wrote {path}")
+    except Exception as err:  # noqa: BLE001  (a composition failure: misspelled key, wrong type, unknown option)
+        print(f"error: {_composition_message(err)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _composition_message(err: BaseException) -> str:
+    """One line from Hydra/OmegaConf's multi-line composition errors: what failed, and why."""
+    first = str(err).splitlines()[0] if str(err) else type(err).__name__
+    cause = err.__cause__
+    if cause is not None and str(cause):
+        lines = str(cause).splitlines()
+        key = next((ln.split(":", 1)[1].strip() for ln in lines if ln.strip().startswith("full_key:")), None)
+        first = f"{first.rstrip('.')}: {lines[0]}" + (f" (key {key})" if key else "")
+    if "Available options in" in str(err):
+        options = [ln.strip() for ln in str(err).split("Available options in")[1].splitlines()[1:]
+                   if ln.startswith("\t") and "=" not in ln]
+        first += f"; available: {', '.join(options)}"
+    return first
 
 
 if __name__ == "__main__":
+    precheck(sys.argv[1:])
     main()

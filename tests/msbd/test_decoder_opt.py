@@ -40,10 +40,27 @@ def test_tiled_path_above_max_edgelen():
     sample, ref, mask = _inputs(64, 96)
     boxes = optimisation_tiles(64, 96, 32, 48)
     assert len(boxes) > 1 and all((b.height, b.width) == (32, 32) for b in boxes)
-    res = decoder_optimization(bundle, sample, ref, mask, DecoderOptConfig(iterations=2, lr=1e-3, tile=32), 48)
+    config = DecoderOptConfig(iterations=2, lr=1e-3, tile=32, skip_empty_tiles=False)
+    res = decoder_optimization(bundle, sample, ref, mask, config, 48)
     assert len(res.losses) == 2 * ((len(boxes) + 1) // 2)  # one Adam step per pair of tiles per epoch
     assert res.image.shape == sample.shape
     assert res.loss_after < res.loss_before
+
+
+def test_skip_empty_tiles_optimises_only_masked_tiles():
+    bundle = build_bundle("tiny-test", seed=0)
+    sample, ref, _ = _inputs(64, 96)
+    mask = torch.zeros(1, 1, 64, 96)
+    mask[..., 4:12, 4:12] = 1                        # only the top-left tile holds mask pixels
+    boxes = optimisation_tiles(64, 96, 32, 48)
+    masked = [b for b in boxes if mask[..., *b.slices].any()]
+    res = decoder_optimization(bundle, sample, ref, mask, DecoderOptConfig(iterations=3, lr=1e-3, tile=32), 48)
+    assert len(res.losses) == 3 * ((len(masked) + 1) // 2)
+    covered = torch.zeros(64, 96, dtype=torch.bool)
+    for b in masked:
+        covered[b.slices] = True
+    assert torch.equal(res.image[..., ~covered], sample[..., ~covered])  # untouched outside the masked tiles
+    assert not torch.equal(res.image[..., covered], sample[..., covered])
 
 
 def test_decoder_loss_formula():

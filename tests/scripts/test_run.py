@@ -10,7 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def _run(tmp_path, *overrides):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "run.py"), "+experiment=demo",
+    return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "run.py"), "+experiment=smoke",
                            f"output_dir={tmp_path}", *overrides], capture_output=True, text=True, env=env,
                           cwd=ROOT, timeout=300)
 
@@ -24,7 +24,7 @@ def test_smoke_demo_writes_png_with_metadata(tmp_path):
 
 
 def test_bad_settings_give_one_line_and_exit_2(tmp_path):
-    for override, words in (("smoke.steps=-1", "smoke.steps"), ("dtype=float8", "dtype"), ("smoke.size=31", "size")):
+    for override, words in (("smoke.steps=-1", "smoke.steps"), ("dtype=float8", "dtype"), ("smoke.size=31", "size"), ("msbd.first_stage.bach=3", "bach"), ("model=nope", "model/nope")):
         result = _run(tmp_path, override)
         assert result.returncode == 2, (override, result.stderr)
         lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]

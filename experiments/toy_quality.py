@@ -1,0 +1,75 @@
+"""`+experiment=toy_quality`: the embedded models' quality bars, measured on fresh held-out renders.
+
+Prints one row per bar (figure, bar, PASS/FAIL) and an overall verdict line; writes `quality.json`, `results.md`
+and `figure.png` (text-to-image samples at 128 px, inpainting results, and samples at 4x the native size, where
+the paper's failure mode - repeated objects - shows). Also reported, not a bar: the mean object count at 4x.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from experiments.common import RunContext, figure_grid, write_json
+from msbd.errors import InputError
+
+
+@dataclass
+class Params:
+    n_vae: int = 64                 # held-out renders for the VAE PSNR
+    n_t2i: int = 64                 # single-object prompts for text-to-image
+    n_inpaint: int = 40             # edit tasks for blended inpainting
+    n_clip: int = 200               # scenes for caption retrieval
+    n_sr: int = 16                  # scenes for super-resolution
+    n_4x: int = 8                   # samples at 4x the native size
+    steps: int = 50                 # DDIM steps (text-to-image and inpainting)
+
+    def validate(self) -> None:
+        for name in ("n_vae", "n_t2i", "n_inpaint", "n_sr", "n_4x", "steps"):
+            if getattr(self, name) < 1:
+                raise InputError(f"toy_quality.{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_clip < 2:
+            raise InputError(f"toy_quality.n_clip must be >= 2, got {self.n_clip}")
+
+
+def run(ctx: RunContext, p: Params) -> dict:
+    from msbd.config import replace
+    from msbd.toy import quality
+    bundle = ctx.bundle()
+    guidance = ctx.msbd.first_stage.guidance
+    figures: dict = {}
+    figures.update(quality.measure_vae(bundle, p.n_vae))
+    t2i, t2i_images = quality.measure_t2i(bundle, p.n_t2i, seed=ctx.seed, steps=p.steps, guidance=guidance)
+    figures.update(t2i)
+    inpaint_cfg = replace(ctx.msbd, first_stage={"steps": p.steps})
+    inp, inp_images = quality.measure_inpainting(bundle, inpaint_cfg, p.n_inpaint)
+    figures.update(inp)
+    if ctx.model.reranker:
+        figures.update(quality.measure_clip(ctx.model.reranker, p.n_clip))
+    if ctx.model.upscaler:
+        figures.update(quality.measure_sr(ctx.model.upscaler, p.n_sr))
+    big, big_images = quality.measure_count_at(bundle, 4, p.n_4x, seed=ctx.seed, steps=p.steps, guidance=guidance)
+    figures.update(big)
+    rows = quality.verdict(figures)
+    overall = "PASS" if all(r["result"] == "PASS" for r in rows) else "FAIL"
+    lines = [f"{r['bar']:28s} {_fmt(r['figure']):>9s}  bar {r['threshold']:>8s}  {r['result']}" for r in rows]
+    lines.append(f"{'count_at_4x (not a bar)':28s} {_fmt(figures['count_at_4x']):>9s}")
+    lines.append(f"overall: {overall} ({sum(r['result'] == 'PASS' for r in rows)}/{len(rows)} bars)")
+    print("\n".join(lines))
+    write_json(ctx.path("quality.json"), {"figures": figures, "bars": rows, "overall": overall})
+    md = ["| bar | figure | threshold | result |", "|---|---|---|---|"]
+    md += [f"| {r['bar']} | {_fmt(r['figure'])} | {r['threshold']} | {r['result']} |" for r in rows]
+    md.append(f"| count_at_4x (reported) | {_fmt(figures['count_at_4x'])} | - | - |")
+    ctx.path("results.md").write_text("\n".join(md) + f"\n\noverall: **{overall}**\n")
+    prompts = [q[0] for q in quality.single_object_prompts(p.n_t2i)]
+    figure_grid([t2i_images[:8], inp_images[:8], [np.asarray(im) for im in big_images[:4]]], ctx.path("figure.png"),
+                col_labels=prompts[:8], row_labels=["text-to-image 128 px", "inpainting", "at 4x (512 px)"],
+                title=f"toy_quality: {overall}")
+    return {"overall": overall, **{k: v for k, v in figures.items() if k in quality.BARS}}
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
+
+
