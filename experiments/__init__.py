@@ -8,7 +8,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-EXPERIMENTS = ("smoke", "demo", "edit", "toy_quality")
+EXPERIMENTS = ("smoke", "demo", "edit", "paper", "ablation_upscaler", "ablation_repaint", "seeds", "baselines",
+               "eval", "toy_quality")
 
 
 def load_experiment(name: str) -> ModuleType:

@@ -40,8 +40,9 @@ class ModelSpec:
     name: str = "toy"
     ldm_config: str = "toy"             # an ldm.config preset name, "toy" (the shipped JSON) or a path to a JSON
     ckpt: str | None = None             # the LDM weights (.ckpt / .safetensors / diffusers folder); None = random
-    upscaler: str | None = None         # x4 SR weights (RealESRGAN_x4plus.pth or the toy SR), for upscale.mode=esrgan
-    reranker: str | None = None         # CLIP weights for reranking (ViT-L/14 file or the toy CLIP)
+    upscaler: str | None = None         # x4 SR weights (RealESRGAN_x4plus.pth or the toy SR), for upscale.mode=esrgan;
+    #                                     "random": an untrained toy RRDBNet initialised as nearest x4 (tests)
+    reranker: str | None = None         # CLIP weights for reranking (ViT-L/14 file or the toy CLIP); "random" (tests)
     reranker_arch: str = "msbd-toy-clip"  # open_clip architecture of the reranker: ViT-L-14 | msbd-toy-clip
     use_ema: bool = False               # load the model_ema.* UNet copy of a full-EMA checkpoint
     seed: int = 0                       # weights seed when ckpt is None (tests and smoke runs)
@@ -84,19 +85,53 @@ def load_bundle(spec: ModelSpec, msbd_config: MSBDConfig, dtype: torch.dtype = t
     config = ldm_config_of(spec)
     hint = "the toy weights ship in msbd/toy/weights" if spec.name == "toy" else "see README, 'Real weights'"
     ckpt = _require(_resolve(spec.ckpt), "model.ckpt", hint)
-    sr = _require(_resolve(spec.upscaler), "model.upscaler", hint) if msbd_config.upscale.mode == "esrgan" else None
+    random_sr, random_rr = spec.upscaler == "random", spec.reranker == "random"
+    sr = None if random_sr else _require(_resolve(spec.upscaler), "model.upscaler", hint)
     needs_rerank = msbd_config.first_stage.rerank and msbd_config.first_stage.batch > 1
-    rr = _require(_resolve(spec.reranker), "model.reranker", hint) if needs_rerank else None
-    if msbd_config.upscale.mode == "esrgan" and sr is None:
+    rr = _require(_resolve(spec.reranker), "model.reranker", hint) if needs_rerank and not random_rr else None
+    if msbd_config.upscale.mode == "esrgan" and sr is None and not random_sr:
         raise InputError("upscale.mode=esrgan needs model.upscaler=PATH (or choose msbd.upscale.mode=bicubic)")
     if spec.ckpt is not None and config.image_size != msbd_config.first_stage.size:
         raise InputError(f"msbd.first_stage.size={msbd_config.first_stage.size} differs from the model's native "
                          f"size {config.image_size}; use the model group's sizes")
     try:
-        return build_bundle(config, ckpt, reranker=(spec.reranker_arch, rr) if rr else None, sr_path=sr,
-                            dtype=dtype, device=device, seed=spec.seed)
+        bundle = build_bundle(config, ckpt, reranker=(spec.reranker_arch, rr) if rr else None, sr_path=sr,
+                              dtype=dtype, device=device, seed=spec.seed)
     except (OSError, RuntimeError) as err:          # unreadable / corrupt files: one line, not a traceback
         raise InputError(f"could not load the model weights: {str(err).splitlines()[0]}") from None
+    if random_sr:
+        bundle.upscaler = random_upscaler(spec.seed)
+    if random_rr and needs_rerank:
+        bundle.reranker = random_reranker(spec.seed)
+    return bundle
+
+
+def random_upscaler(seed: int) -> torch.nn.Module:
+    """An untrained toy RRDBNet that starts as nearest-neighbour x4 (the ESRGAN code path without weights)."""
+    from ldm.models.rrdbnet import RRDBNet
+    from msbd.toy.sr_model import TOY_SR, init_nearest_upsampler
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        return init_nearest_upsampler(RRDBNet(TOY_SR)).eval().requires_grad_(False)
+    finally:
+        torch.random.set_rng_state(state)
+
+
+def random_reranker(seed: int):
+    """The reranking code path with an untrained toy CLIP: (uint8 images, prompt) -> scores."""
+    import open_clip
+    from msbd.toy.clip_model import TOY_CLIP_NAME, clip_scores, register_toy_clip
+    register_toy_clip()
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(TOY_CLIP_NAME)
+    finally:
+        torch.random.set_rng_state(state)
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(TOY_CLIP_NAME)
+    return lambda images, prompt: clip_scores(model, preprocess, tokenizer, list(images), prompt)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -174,6 +209,7 @@ def run_edit(case: ToyCase, config: MSBDConfig, bundle: ModelBundle, method: str
     from msbd import baselines
     from msbd.pipeline import run_msbd
     fn: Callable = {"msbd": run_msbd, "naive": baselines.naive, "segmented": baselines.segmented}[method]
+    reset_peak_rss()
     t0 = time.perf_counter()
     out = fn(case.image, case.mask.astype(np.float32), case.task.prompt, config, bundle, **kwargs)
     seconds = time.perf_counter() - t0
@@ -183,8 +219,24 @@ def run_edit(case: ToyCase, config: MSBDConfig, bundle: ModelBundle, method: str
     return image, row
 
 
+def reset_peak_rss() -> None:
+    """Reset the kernel's peak-RSS counter of this process (Linux: VmHWM), so the next reading is per edit."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass                                    # not Linux: the reading stays the process-wide peak
+
+
 def peak_rss_gb() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
+    """Peak resident memory (GiB) since the last `reset_peak_rss` (VmHWM), else of the whole process."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
@@ -290,11 +342,12 @@ def figure_grid(rows: Sequence[Sequence[np.ndarray]], path: Path, col_labels: Se
     for ax in axes.ravel():
         ax.axis("off")
     for i, images in enumerate(rows):
+        row_zoom = zoom[i] if isinstance(zoom, list) else zoom
         for j, image in enumerate(images):
             r = i * (2 if zoom else 1)
             axes[r, j].imshow(image, interpolation="lanczos" if max(image.shape[:2]) > 600 else "nearest")
-            if zoom:
-                top, left, h, w = zoom
+            if row_zoom:
+                top, left, h, w = row_zoom
                 axes[r, j].add_patch(matplotlib.patches.Rectangle((left, top), w, h, fill=False, color="yellow", lw=1))
                 axes[r + 1, j].imshow(image[top:top + h, left:left + w], interpolation="nearest")
             if i == 0 and j < len(col_labels):
@@ -335,3 +388,74 @@ def _json_default(x: Any) -> Any:
     if isinstance(x, Path):
         return str(x)
     return str(x)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Variant sweeps on toy cases (the engine of the ablations, seeds, baselines and eval)
+
+
+@dataclass
+class Variant:
+    name: str
+    config: MSBDConfig
+    method: str = "msbd"                # msbd | naive | segmented
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass
+class CaseSpec:
+    """Which toy tasks an experiment edits: `tasks` held-out task ids at each of `sizes` px (height)."""
+
+    tasks: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
+    sizes: list[int] = field(default_factory=lambda: [1024])
+    mask_radius: list[float] = field(default_factory=lambda: [0.15, 0.3])
+    aspect: float = 1.0
+
+    def validate(self, name: str) -> None:
+        if not self.tasks or not self.sizes:
+            raise InputError(f"{name}.tasks and {name}.sizes must not be empty")
+        if any(s < 32 or s > 16384 for s in self.sizes):
+            raise InputError(f"{name}.sizes must lie in 32..16384 px, got {self.sizes}")
+        if len(self.mask_radius) != 2 or not 0 < self.mask_radius[0] <= self.mask_radius[1] <= 0.5:
+            raise InputError(f"{name}.mask_radius must be [lo, hi] with 0 < lo <= hi <= 0.5, got {self.mask_radius}")
+
+    def cases(self) -> list[ToyCase]:
+        return [toy_case(t, s, tuple(self.mask_radius), self.aspect) for s in self.sizes for t in self.tasks]
+
+
+def run_variants(ctx: RunContext, cases: Sequence[ToyCase], variants: Sequence[Variant], title: str,
+                 figure_cases: int = 3) -> list[dict]:
+    """Every variant on every case: results.csv/md/summary.json, one PNG per edit, figure.png (cases x variants)."""
+    from msbd.io import save_png_atomic
+    from tqdm.auto import tqdm
+    bundle = ctx.bundle()
+    rows, grid = [], []
+    bar = tqdm(total=len(cases) * len(variants), desc=title, disable=not ctx.progress)
+    for i, case in enumerate(cases):
+        images = [case.image]
+        for v in variants:
+            bar.set_postfix_str(f"{case.name} {v.name}")
+            image, row = run_edit(case, v.config, bundle, v.method, **v.kwargs)
+            rows.append({"variant": v.name, "case": case.name, "megapixels": round(case.megapixels, 2),
+                         "prompt": case.task.prompt, **row})
+            save_png_atomic(image, ctx.path("edits", f"{case.name}_{_slug(v.name)}.png"))
+            images.append(image)
+            bar.update(1)
+        if i < figure_cases:
+            grid.append(images)
+    bar.close()
+    summary = write_results(ctx, rows, title=title)
+    zooms = [zoom_box(c.mask, size=max(48, c.image.shape[0] // 6)) for c in cases[:figure_cases]]
+    figure_grid(grid, ctx.path("figure.png"), col_labels=["input"] + [v.name for v in variants],
+                row_labels=[c.task.prompt for c in cases[:figure_cases]], zoom=zooms, title=title)
+    print(markdown_table(summary))
+    return summary
+
+
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in name).strip("_")
+
+
+def short_summary(summary: Sequence[dict]) -> dict:
+    """{variant: {column: mean}} for the DONE marker."""
+    return {row["variant"]: {k[1:]: v for k, v in row.items() if k.startswith("_")} for row in summary}

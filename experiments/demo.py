@@ -26,8 +26,8 @@ class Params:
     intermediates: bool = True      # save every stage's output
 
     def validate(self) -> None:
-        if not 128 <= self.size <= 16384:
-            raise InputError(f"demo.size must be in 128..16384, got {self.size}")
+        if not 32 <= self.size <= 16384:
+            raise InputError(f"demo.size must be in 32..16384, got {self.size}")
         if not 0.25 <= self.aspect <= 4:
             raise InputError(f"demo.aspect must be in 0.25..4, got {self.aspect}")
 

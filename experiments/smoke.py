@@ -22,8 +22,15 @@ class Params:
     size: int = 64                  # pixels; a multiple of the VAE factor
 
     def validate(self) -> None:
+        from ldm.config import get_preset
         if self.steps <= 0:
             raise InputError(f"smoke.steps must be positive, got {self.steps}")
+        try:
+            f = get_preset(self.preset).vae.downsample_factor
+        except ValueError as err:
+            raise InputError(f"smoke.preset: {err}") from None
+        if self.size <= 0 or self.size % f:
+            raise InputError(f"smoke.size must be a positive multiple of {f}, got {self.size}")
 
 
 @torch.inference_mode()
@@ -34,9 +41,6 @@ def run(ctx: RunContext, p: Params) -> dict:
     from msbd.models import build_bundle, denoiser
     from msbd.toy import scenes
     config = get_preset(p.preset)
-    f = config.vae.downsample_factor
-    if p.size <= 0 or p.size % f:
-        raise InputError(f"smoke.size must be a positive multiple of {f}, got {p.size}")
     bundle = build_bundle(config, None, dtype=ctx.dtype, device=ctx.device, seed=ctx.seed)
     image = scenes.render(scenes.random_scene(ctx.seed), p.size)                        # [H, W, 3] uint8
     x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 127.5 - 1
@@ -44,7 +48,7 @@ def run(ctx: RunContext, p: Params) -> dict:
     mask = torch.zeros_like(z_src[:, :1])
     h = z_src.shape[-1]
     mask[..., h // 4: 3 * h // 4, h // 4: 3 * h // 4] = 1
-    z = sample(denoiser(bundle), SamplerConfig(num_steps=p.steps), generators=[torch.Generator().manual_seed(ctx.seed)],
+    z = sample(denoiser(bundle), SamplerConfig(num_steps=p.steps, progress=ctx.progress), generators=[torch.Generator().manual_seed(ctx.seed)],
                context=bundle.encode_text([p.prompt]), uncond_context=bundle.encode_text([""]), source=z_src,
                mask=mask)
     pixels = (bundle.decode(z)[0].permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)

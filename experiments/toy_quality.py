@@ -45,9 +45,9 @@ def run(ctx: RunContext, p: Params) -> dict:
     inpaint_cfg = replace(ctx.msbd, first_stage={"steps": p.steps})
     inp, inp_images = quality.measure_inpainting(bundle, inpaint_cfg, p.n_inpaint)
     figures.update(inp)
-    if ctx.model.reranker:
+    if ctx.model.reranker not in (None, "random"):      # untrained stand-ins have no weights file to measure
         figures.update(quality.measure_clip(ctx.model.reranker, p.n_clip))
-    if ctx.model.upscaler:
+    if ctx.model.upscaler not in (None, "random"):
         figures.update(quality.measure_sr(ctx.model.upscaler, p.n_sr))
     big, big_images = quality.measure_count_at(bundle, 4, p.n_4x, seed=ctx.seed, steps=p.steps, guidance=guidance)
     figures.update(big)
