@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow bench clean-venv
+.PHONY: setup demo test test-slow bench quality eval-table clean-venv
 
 setup: $(STAMP)
 
@@ -27,6 +27,16 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/unet_step.py
+
+# the embedded models' quality bars, also written into msbd/toy/weights/MODEL_CARD.md
+quality: $(STAMP)
+	$(PY) scripts/run.py +experiment=toy_quality toy_quality.update_card=true hydra.run.dir=outputs/toy_quality/latest
+
+# regenerate the README's results table from the eval experiment
+eval-table: $(STAMP)
+	rm -f outputs/eval/readme/DONE
+	$(PY) scripts/run.py +experiment=eval hydra.run.dir=outputs/eval/readme
+	$(PY) scripts/readme_section.py RESULTS outputs/eval/readme/results.md
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,7 +1,8 @@
 """Super-resolution of a stage's input and the low-passed reference of MSBD's upscaling stages (ALGORITHM.md §8).
 
-* `upsample`: the previous result to the stage's target size. `esrgan` runs a x4 network (Real-ESRGAN x4plus or the
-  toy SR, loaded by spandrel, `load_upscaler`) as many times as needed, then resizes bilinear-AA to the target;
+* `upsample`: the previous result to the stage's target size. `esrgan` runs one pass of a x4 network (Real-ESRGAN
+  x4plus or the toy SR, loaded by spandrel, `load_upscaler`), then resizes bilinear-AA to the target (down, or up
+  when the stage grows by more than x4), as the reference does;
   `sharpen` is bilinear-AA plus kornia's unsharp mask (11x11, sigma 7, amount 1); `bilinear` / `bicubic` are
   antialiased interpolation.
 * `lowpass_reference`: the original crop, blurred to the effective resolution of the upsampled edit ('matching'),
@@ -54,10 +55,8 @@ def upsample(image: torch.Tensor, size: tuple[int, int], mode: str = "esrgan", u
     if mode == "esrgan":
         if upscaler is None:
             raise ValueError("upscale.mode 'esrgan' needs an upscaler (bundle.upscaler / sr weights file)")
-        x = image
-        while x.shape[-2] < size[0] or x.shape[-1] < size[1]:
-            x = esrgan_x4(x, upscaler, swap_channels)
-        return resize_image(x, size).clamp(0, 1)
+        # one x4 pass, then bilinear-AA to the target (down, or up beyond x4), as the reference (outscale=4)
+        return resize_image(esrgan_x4(image, upscaler, swap_channels), size).clamp(0, 1)
     if mode == "sharpen":
         import kornia
         x = resize_image(image, size)

@@ -161,6 +161,9 @@ def main(cfg: DictConfig) -> None:
         card["sr"] = train_sr(os.path.join(cfg.run_dir, "sr"), max_minutes=cfg.sr.max_minutes, seed=cfg.seed)
         shutil.copyfile(os.path.join(cfg.run_dir, "sr", "sr.safetensors"), presets.SR_WEIGHTS)
     _write_card(cfg, card)
+    from msbd.toy.card import write_model_card
+    command = " ".join(["python scripts/train_toy.py", *sys.argv[1:]])
+    print(f"wrote {write_model_card(cfg.run_dir, cfg.export_dir, command)}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,105 @@
+"""MODEL_CARD.md of the embedded toy models: data, command, time, sizes and metrics, written from the training run.
+
+`write_model_card(run_dir, export_dir)` reads what `scripts/train_toy.py` left in `run_dir` (card.json, the
+Lightning checkpoints' step counts, the CLIP / SR metrics files) and the exported safetensors, and writes
+`export_dir/MODEL_CARD.md`. The quality bars are filled in by `python scripts/run.py +experiment=toy_quality
+toy_quality.update_card=true`, which replaces the section between the QUALITY markers.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from safetensors import safe_open
+
+QUALITY_BEGIN, QUALITY_END = "<!-- QUALITY:BEGIN -->", "<!-- QUALITY:END -->"
+PREFIXES = {"VAE (AutoencoderKL)": "first_stage_model.", "UNet (UNetModel)": "model.diffusion_model.",
+            "text encoder (CLIPTextEncoder)": "cond_stage_model.transformer."}
+
+
+def _count(path: Path, prefix: str = "") -> int:
+    total = 0
+    with safe_open(str(path), "pt") as f:
+        for key in f.keys():
+            if key.startswith(prefix):
+                shape = f.get_slice(key).get_shape()
+                n = 1
+                for s in shape:
+                    n *= s
+                total += n
+    return total
+
+
+def _steps(ckpt: Path) -> int | None:
+    if not ckpt.exists():
+        return None
+    import torch
+    return int(torch.load(ckpt, map_location="cpu", weights_only=False).get("global_step", 0))
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_model_card(run_dir: str | os.PathLike, export_dir: str | os.PathLike, command: str) -> Path:
+    run, out = Path(run_dir), Path(export_dir)
+    card = _read(run / "card.json")
+    cfg = card.get("config", {})
+    ldm_file, clip_file, sr_file = out / "toy-ldm.safetensors", out / "toy-clip.safetensors", out / "toy-sr-x4.safetensors"
+    clip_m, sr_m = _read(run / "clip" / "metrics.json"), _read(run / "sr" / "metrics.json")
+    lines = ["# Model card: the embedded toy world", "",
+             "Tiny models of the Stable Diffusion v1 classes (`ldm/`) and of the helpers MSBD uses (an open_clip "
+             "reranker, a Real-ESRGAN-layout x4 RRDBNet), trained from scratch on this project's procedural scenes "
+             "(`msbd/toy/scenes.py`) on a 2-core CPU. They exist so that the whole pipeline runs, and every claim of "
+             "the paper can be measured, without downloadable weights. They know nothing but this toy world.", "",
+             "## Files", "", "| file | what | parameters | size |", "|---|---|---|---|"]
+    for name, prefix in PREFIXES.items():
+        if ldm_file.exists():
+            lines.append(f"| `{ldm_file.name}` | {name}, CompVis key layout, fp16 | {_count(ldm_file, prefix):,} | |")
+    for f, what in ((ldm_file, "all three above"), (clip_file, "reranking CLIP `msbd-toy-clip` (open_clip), fp16"),
+                    (sr_file, "x4 RRDBNet (Real-ESRGAN layout, loads with spandrel), fp16")):
+        if f.exists():
+            lines.append(f"| `{f.name}` | {what} | {_count(f):,} | {f.stat().st_size / 2**20:.1f} MiB |")
+    lines += ["", f"`toy-ldm.json` holds the LDMConfig; latent scale factor {card.get('latent_scale', 'n/a')} "
+              "(1 / std of the training latents, the way SD's 0.18215 was obtained).", "",
+              "## Data", "",
+              f"* VAE and UNet + text encoder: {cfg.get('data', {}).get('n_train', 'n/a')} scenes rendered at "
+              f"{cfg.get('data', {}).get('size', 'n/a')} px from training seeds 0..N-1 (0 to 3 objects of 4 shapes in "
+              "8 colours on textured backgrounds), captions from `scenes.caption`, 10% empty captions for "
+              "classifier-free guidance; the VAE on random 64 px crops.",
+              f"* CLIP: {clip_m.get('config', {}).get('n_train', 'n/a')} training renders and captions (symmetric "
+              "InfoNCE).",
+              f"* SR: HR renders at sizes {sr_m.get('config', {}).get('sizes', 'n/a')} with the Real-ESRGAN "
+              "first-order degradation (blur, bicubic x4, noise, JPEG), pixel L1.",
+              "* Every evaluation uses held-out seeds (10^6 and up), never seen in training.", "",
+              "## Command and time", "", f"    {command}", "",
+              "| stage | steps | minutes (last call) | last training metric |", "|---|---|---|---|"]
+    for stage, metric in (("vae", "train_psnr_last"), ("ldm", "train_loss_last")):
+        info = card.get(stage, {})
+        lines.append(f"| {stage} | {_steps(run / stage / 'last.ckpt')} | {info.get('minutes_last_call', 'n/a')} | "
+                     f"{metric}: {info.get(metric, 'n/a')} |")
+    lines.append(f"| clip | {clip_m.get('steps', 'n/a')} | budget {cfg.get('clip', {}).get('max_minutes', 'n/a')} | "
+                 f"held-out top-1 retrieval {clip_m.get('top1_retrieval', 'n/a')} |")
+    lines.append(f"| sr | {sr_m.get('steps', 'n/a')} | budget {cfg.get('sr', {}).get('max_minutes', 'n/a')} | "
+                 f"PSNR gain over bicubic {sr_m.get('gain_db', 'n/a')} dB |")
+    lines += ["", "Training resumes from `train_runs/toy/<stage>/last.ckpt` when run again; budgets are totals.", "",
+              "## Quality bars", "", QUALITY_BEGIN,
+              "Not measured yet: `python scripts/run.py +experiment=toy_quality toy_quality.update_card=true`.",
+              QUALITY_END, ""]
+    path = out / "MODEL_CARD.md"
+    old = path.read_text() if path.exists() else ""
+    text = "\n".join(lines)
+    if QUALITY_BEGIN in old:                                   # keep measured quality figures
+        text = replace_quality(text, old.split(QUALITY_BEGIN)[1].split(QUALITY_END)[0].strip("\n"))
+    path.write_text(text)
+    return path
+
+
+def replace_quality(card_text: str, section: str) -> str:
+    """The card with the text between the QUALITY markers replaced by `section`."""
+    if QUALITY_BEGIN not in card_text or QUALITY_END not in card_text:
+        raise ValueError("MODEL_CARD.md has no QUALITY markers; regenerate it with scripts/train_toy.py")
+    head, rest = card_text.split(QUALITY_BEGIN, 1)
+    tail = rest.split(QUALITY_END, 1)[1]
+    return f"{head}{QUALITY_BEGIN}\n{section}\n{QUALITY_END}{tail}"
