@@ -257,9 +257,7 @@ def run_msbd(image: np.ndarray, mask: np.ndarray, prompt: str, config: MSBDConfi
         t0, calls0 = time.perf_counter(), run.model.calls
         geom = stage_geometry(edge, plan.diff_h, plan.diff_w, tuple(prev.shape[-2:]), plan.long_edge)
         box = place_crop(mask_np, *geom.crop_hw, q.crop_rule)
-        stitched = work.clone()
-        stitched[..., *prev_box.slices] = resize_image(prev, (prev_box.height, prev_box.width)).clamp(0, 1)
-        x_in = resize_image(stitched[..., *box.slices], geom.input_hw)
+        x_in = resize_image(_stitched_crop(work, prev, prev_box, box), geom.input_hw)
         ref = resize_image(work[..., *box.slices], geom.target_hw)
         mask_px = resize_mask(work_mask[..., *box.slices], geom.target_hw)
         image_in = stage_input(run, x_in, ref, mask_px)
@@ -282,6 +280,20 @@ def run_msbd(image: np.ndarray, mask: np.ndarray, prompt: str, config: MSBDConfi
     for s in stages:
         timings[s.name] = s.seconds
     return EditResult(result, stages, candidates, scores, chosen, plan, timings)
+
+
+def _stitched_crop(work: torch.Tensor, prev: torch.Tensor, prev_box: Box, box: Box) -> torch.Tensor:
+    """The work image inside `box` with the previous stage's result (resized to `prev_box`) pasted over it (§8 2).
+
+    Only the crop is built (not a copy of the whole work image per stage, 12 bytes a pixel at 64 MP)."""
+    crop = work[..., *box.slices].clone()
+    up = resize_image(prev, (prev_box.height, prev_box.width)).clamp(0, 1)
+    top, left = max(box.top, prev_box.top), max(box.left, prev_box.left)
+    bottom, right = min(box.bottom, prev_box.bottom), min(box.right, prev_box.right)
+    if top < bottom and left < right:
+        crop[..., top - box.top:bottom - box.top, left - box.left:right - box.left] = \
+            up[..., top - prev_box.top:bottom - prev_box.top, left - prev_box.left:right - prev_box.left]
+    return crop
 
 
 def _optimise(run: _Run, image: torch.Tensor, ref: torch.Tensor, mask_px: torch.Tensor

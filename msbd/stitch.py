@@ -212,6 +212,9 @@ def feather_weights(mask: np.ndarray, box: Box, image_hw: tuple[int, int], feath
     return np.where(mask, np.minimum(1.0, dist / (feather_px + 1)), 0.0)
 
 
+PASTE_ROWS = 256  # rows per strip of paste_back
+
+
 def paste_back(original: np.ndarray, edited: torch.Tensor, box: Box, mask_px: np.ndarray | torch.Tensor,
                feather_px: int = 0, truncate: bool = False) -> np.ndarray:
     """Paste an edited crop into the uint8 original inside the mask only (§11, tight_stitch).
@@ -227,11 +230,17 @@ def paste_back(original: np.ndarray, edited: torch.Tensor, box: Box, mask_px: np
         raise ValueError(f"edited crop is {tuple(edited.shape[-2:])}, box is {(box.height, box.width)}")
     image_hw = original.shape[:2]
     mask = _crop_mask(mask_px, box, image_hw)
-    weight = feather_weights(mask, box, image_hw, feather_px) if feather_px > 0 else mask.astype(np.float64)
-    region = original[box.slices].astype(np.float64)
-    x = edited.detach().cpu().double().clamp(0, 1).reshape(-1, box.height, box.width).permute(1, 2, 0)
-    blended = weight[..., None] * x.numpy() * 255 + (1 - weight[..., None]) * region
-    blended = np.floor(blended) if truncate else np.floor(blended + 0.5)
+    weight = feather_weights(mask, box, image_hw, feather_px) if feather_px > 0 else None
+    x = edited.detach().cpu().reshape(-1, box.height, box.width)
     out = original.copy()
-    out[box.slices] = np.where(mask[..., None], np.clip(blended, 0, 255).astype(np.uint8), original[box.slices])
+    target = out[box.slices]                                    # a view: written strip by strip
+    for r0 in range(0, box.height, PASTE_ROWS):                 # strips keep the float64 temporaries small
+        rows = slice(r0, min(r0 + PASTE_ROWS, box.height))
+        m = mask[rows]
+        w = weight[rows] if weight is not None else m.astype(np.float64)
+        region = target[rows].astype(np.float64)
+        xs = x[:, rows].double().clamp(0, 1).permute(1, 2, 0).numpy()
+        blended = w[..., None] * xs * 255 + (1 - w[..., None]) * region
+        blended = np.floor(blended) if truncate else np.floor(blended + 0.5)
+        target[rows] = np.where(m[..., None], np.clip(blended, 0, 255).astype(np.uint8), target[rows])
     return out
