@@ -78,19 +78,31 @@ def _require(path: str | None, key: str, hint: str) -> str | None:
     return path
 
 
+def model_files(spec: ModelSpec, msbd_config: MSBDConfig) -> dict[str, str | None]:
+    """The weights files a run needs ({"ckpt", "upscaler", "reranker"}; None = not needed or an untrained
+    stand-in), each checked to exist: a missing one is one InputError naming the config key to set."""
+    hint = "the toy weights ship in msbd/toy/weights" if spec.name == "toy" else "see README, 'Real weights on a GPU'"
+    esrgan = msbd_config.upscale.mode == "esrgan"
+    needs_rerank = msbd_config.first_stage.rerank and msbd_config.first_stage.batch > 1
+    if esrgan and spec.upscaler is None:
+        raise InputError("upscale.mode=esrgan needs model.upscaler=PATH (or choose msbd.upscale.mode=bicubic)")
+    files = {"ckpt": spec.ckpt, "upscaler": spec.upscaler if esrgan else None,
+             "reranker": spec.reranker if needs_rerank else None}
+    out = {}
+    for key, path in files.items():
+        out[key] = None if path in (None, "random") else _require(_resolve(path), f"model.{key}", hint)
+    return out
+
+
 def load_bundle(spec: ModelSpec, msbd_config: MSBDConfig, dtype: torch.dtype = torch.float32,
                 device: str | torch.device = "cpu") -> ModelBundle:
     """Build the ModelBundle of a spec; missing files give one InputError naming the config key to set."""
     from msbd.models import build_bundle
     config = ldm_config_of(spec)
-    hint = "the toy weights ship in msbd/toy/weights" if spec.name == "toy" else "see README, 'Real weights'"
-    ckpt = _require(_resolve(spec.ckpt), "model.ckpt", hint)
-    random_sr, random_rr = spec.upscaler == "random", spec.reranker == "random"
-    sr = None if random_sr else _require(_resolve(spec.upscaler), "model.upscaler", hint)
-    needs_rerank = msbd_config.first_stage.rerank and msbd_config.first_stage.batch > 1
-    rr = _require(_resolve(spec.reranker), "model.reranker", hint) if needs_rerank and not random_rr else None
-    if msbd_config.upscale.mode == "esrgan" and sr is None and not random_sr:
-        raise InputError("upscale.mode=esrgan needs model.upscaler=PATH (or choose msbd.upscale.mode=bicubic)")
+    files = model_files(spec, msbd_config)
+    ckpt, sr, rr = files["ckpt"], files["upscaler"], files["reranker"]
+    random_sr = spec.upscaler == "random" and msbd_config.upscale.mode == "esrgan"
+    random_rr = spec.reranker == "random" and msbd_config.first_stage.rerank and msbd_config.first_stage.batch > 1
     if spec.ckpt is not None and config.image_size != msbd_config.first_stage.size:
         raise InputError(f"msbd.first_stage.size={msbd_config.first_stage.size} differs from the model's native "
                          f"size {config.image_size}; use the model group's sizes")
@@ -101,7 +113,7 @@ def load_bundle(spec: ModelSpec, msbd_config: MSBDConfig, dtype: torch.dtype = t
         raise InputError(f"could not load the model weights: {str(err).splitlines()[0]}") from None
     if random_sr:
         bundle.upscaler = random_upscaler(spec.seed)
-    if random_rr and needs_rerank:
+    if random_rr:
         bundle.reranker = random_reranker(spec.seed)
     return bundle
 

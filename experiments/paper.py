@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from experiments.common import RunContext, figure_grid, variant
+from experiments.common import RunContext, figure_grid, variant, write_csv
 from msbd.errors import InputError
 
 
@@ -78,6 +78,7 @@ def run(ctx: RunContext, p: Params) -> dict:
         small = lambda a: np.asarray(Image.fromarray(a).resize((a.shape[1] // 4, a.shape[0] // 4)))  # noqa: E731
         rows.append([small(image), small((mask * 255).astype(np.uint8)), small(result.image)])
         print(f"{image_path.name}: {done[image_path.name]}")
+    write_csv([{"image": name, **values} for name, values in done.items()], ctx.path("results.csv"))
     figure_grid(rows, ctx.path("figure.png"), col_labels=["input", "mask", "edited"],
                 row_labels=[os.path.basename(str(e[1])) for e in examples], title="paper examples")
     return done

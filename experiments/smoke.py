@@ -13,6 +13,8 @@ import torch
 from experiments.common import RunContext
 from msbd.errors import InputError
 
+USES_MODEL = False                  # builds its own random-weight models
+
 
 @dataclass
 class Params:

@@ -24,6 +24,7 @@ class Params:
     n_sr: int = 16                  # scenes for super-resolution
     n_4x: int = 8                   # samples at 4x the native size
     steps: int = 50                 # DDIM steps (text-to-image and inpainting)
+    update_card: bool = False       # write the table into msbd/toy/weights/MODEL_CARD.md (QUALITY section)
 
     def validate(self) -> None:
         for name in ("n_vae", "n_t2i", "n_inpaint", "n_sr", "n_4x", "steps"):
@@ -61,7 +62,16 @@ def run(ctx: RunContext, p: Params) -> dict:
     md = ["| bar | figure | threshold | result |", "|---|---|---|---|"]
     md += [f"| {r['bar']} | {_fmt(r['figure'])} | {r['threshold']} | {r['result']} |" for r in rows]
     md.append(f"| count_at_4x (reported) | {_fmt(figures['count_at_4x'])} | - | - |")
-    ctx.path("results.md").write_text("\n".join(md) + f"\n\noverall: **{overall}**\n")
+    table = "\n".join(md) + f"\n\noverall: **{overall}**\n"
+    ctx.path("results.md").write_text(table)
+    if p.update_card:
+        from pathlib import Path
+        from msbd.toy import presets
+        from msbd.toy.card import replace_quality
+        card = Path(presets.WEIGHTS_DIR) / "MODEL_CARD.md"
+        command = "python scripts/run.py +experiment=toy_quality"
+        card.write_text(replace_quality(card.read_text(), f"Measured by `{command}` (seed {ctx.seed}, "
+                                        f"n = {p.n_t2i} prompts / {p.n_inpaint} edit tasks):\n\n{table}"))
     prompts = [q[0] for q in quality.single_object_prompts(p.n_t2i)]
     figure_grid([t2i_images[:8], inp_images[:8], [np.asarray(im) for im in big_images[:4]]], ctx.path("figure.png"),
                 col_labels=prompts[:8], row_labels=["text-to-image 128 px", "inpainting", "at 4x (512 px)"],

@@ -30,7 +30,7 @@ from hydra.core.config_store import ConfigStore  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from experiments import EXPERIMENTS, load_experiment  # noqa: E402
-from experiments.common import DONE_MARKER, ModelSpec, RunContext, write_json  # noqa: E402
+from experiments.common import DONE_MARKER, ModelSpec, RunContext, ldm_config_of, model_files, write_json  # noqa: E402
 from msbd.config import MSBDConfig  # noqa: E402
 from msbd.errors import InputError  # noqa: E402
 
@@ -102,6 +102,9 @@ def check(cfg: DictConfig, device_here: bool = True) -> tuple[Any, Any]:
     params = getattr(obj, cfg.task)
     if hasattr(params, "validate"):
         params.validate()
+    if getattr(load_experiment(cfg.task), "USES_MODEL", True):
+        model_files(obj.model, obj.msbd)                 # every weights file exists (one line naming the key)
+        ldm_config_of(obj.model)
     return obj, params
 
 

@@ -79,7 +79,7 @@ def test_edit_and_paper_on_a_small_image(tmp_path):
     assert (out[mask == 0] == image[mask == 0]).all() and not (out[mask > 0] == image[mask > 0]).all()
     done = _run(tmp_path / "paper", "paper", f"paper.inputs={tmp_path / 'list.txt'}")
     assert done["summary"]["pic.png"]["outside_identical"] is True
-    assert (tmp_path / "paper" / "pic_edited.png").exists()
+    assert (tmp_path / "paper" / "pic_edited.png").exists() and (tmp_path / "paper" / "results.csv").exists()
 
 
 def test_toy_quality_prints_bars_and_verdict(tmp_path, capsys):
