@@ -31,11 +31,15 @@ def _count(path: Path, prefix: str = "") -> int:
     return total
 
 
-def _steps(ckpt: Path) -> int | None:
+def _progress(ckpt: Path) -> tuple[int | None, float | None]:
+    """(steps, total training minutes over all resumes) from a stage's Lightning last.ckpt."""
     if not ckpt.exists():
-        return None
+        return None, None
     import torch
-    return int(torch.load(ckpt, map_location="cpu", weights_only=False).get("global_step", 0))
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    timer = state.get("callbacks", {}).get("Timer", {}).get("time_elapsed", {})
+    minutes = round(timer["train"] / 60, 1) if "train" in timer else None
+    return int(state.get("global_step", 0)), minutes
 
 
 def _read(path: Path) -> dict:
@@ -74,15 +78,18 @@ def write_model_card(run_dir: str | os.PathLike, export_dir: str | os.PathLike, 
               "first-order degradation (blur, bicubic x4, noise, JPEG), pixel L1.",
               "* Every evaluation uses held-out seeds (10^6 and up), never seen in training.", "",
               "## Command and time", "", f"    {command}", "",
-              "| stage | steps | minutes (last call) | last training metric |", "|---|---|---|---|"]
+              "| stage | steps | training minutes (total) | last metric |", "|---|---|---|---|"]
     for stage, metric in (("vae", "train_psnr_last"), ("ldm", "train_loss_last")):
-        info = card.get(stage, {})
-        lines.append(f"| {stage} | {_steps(run / stage / 'last.ckpt')} | {info.get('minutes_last_call', 'n/a')} | "
-                     f"{metric}: {info.get(metric, 'n/a')} |")
-    lines.append(f"| clip | {clip_m.get('steps', 'n/a')} | budget {cfg.get('clip', {}).get('max_minutes', 'n/a')} | "
-                 f"held-out top-1 retrieval {clip_m.get('top1_retrieval', 'n/a')} |")
-    lines.append(f"| sr | {sr_m.get('steps', 'n/a')} | budget {cfg.get('sr', {}).get('max_minutes', 'n/a')} | "
-                 f"PSNR gain over bicubic {sr_m.get('gain_db', 'n/a')} dB |")
+        steps, minutes = _progress(run / stage / "last.ckpt")
+        value = card.get(stage, {}).get(metric)
+        lines.append(f"| {stage} | {steps} | {minutes} | {metric}: {'n/a' if value is None else f'{value:.3f}'} |")
+    for stage, metric, label in (("clip", "top1_retrieval", "held-out top-1 retrieval"),
+                                 ("sr", "gain_db", "held-out PSNR gain over bicubic (dB)")):
+        m = clip_m if stage == "clip" else sr_m
+        steps, minutes = _progress(run / stage / "last.ckpt")
+        value = m.get(metric)
+        lines.append(f"| {stage} | {m.get('steps', steps)} | {minutes} | {label}: "
+                     f"{'n/a' if value is None else f'{value:.3f}'} |")
     lines += ["", "Training resumes from `train_runs/toy/<stage>/last.ckpt` when run again; budgets are totals.", "",
               "## Quality bars", "", QUALITY_BEGIN,
               "Not measured yet: `python scripts/run.py +experiment=toy_quality toy_quality.update_card=true`.",
