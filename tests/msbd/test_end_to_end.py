@@ -58,6 +58,7 @@ def test_real_inputs_full_size_outside_mask_identical(tmp_path, bundle, prompt, 
     assert any("grid" in s.name for s in result.stages)                 # the full ladder ran, up to a tiled stage
 
 
+@pytest.mark.slow
 def test_toy_scene_edit_adds_one_object(bundle):
     case = toy_case(3, 512)
     image, report = run_edit(case, _config(), bundle)
