@@ -357,11 +357,12 @@ def figure_grid(rows: Sequence[Sequence[np.ndarray]], path: Path, col_labels: Se
         row_zoom = zoom[i] if isinstance(zoom, list) else zoom
         for j, image in enumerate(images):
             r = i * (2 if zoom else 1)
-            axes[r, j].imshow(image, interpolation="lanczos" if max(image.shape[:2]) > 600 else "nearest")
+            gray = {"cmap": "gray", "vmin": 0, "vmax": 255} if image.ndim == 2 else {}   # masks: white = edit
+            axes[r, j].imshow(image, interpolation="lanczos" if max(image.shape[:2]) > 600 else "nearest", **gray)
             if row_zoom:
                 top, left, h, w = row_zoom
                 axes[r, j].add_patch(matplotlib.patches.Rectangle((left, top), w, h, fill=False, color="yellow", lw=1))
-                axes[r + 1, j].imshow(image[top:top + h, left:left + w], interpolation="nearest")
+                axes[r + 1, j].imshow(image[top:top + h, left:left + w], interpolation="nearest", **gray)
             if i == 0 and j < len(col_labels):
                 axes[r, j].set_title(col_labels[j], fontsize=9)
         if i < len(row_labels):
