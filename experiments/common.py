@@ -78,12 +78,17 @@ def _require(path: str | None, key: str, hint: str) -> str | None:
     return path
 
 
+def _needs(msbd_config: MSBDConfig) -> tuple[bool, bool]:
+    """(an upscaler is used, a reranker is used) under these settings."""
+    fs = msbd_config.first_stage
+    return msbd_config.upscale.mode == "esrgan", fs.rerank and fs.batch > 1
+
+
 def model_files(spec: ModelSpec, msbd_config: MSBDConfig) -> dict[str, str | None]:
     """The weights files a run needs ({"ckpt", "upscaler", "reranker"}; None = not needed or an untrained
     stand-in), each checked to exist: a missing one is one InputError naming the config key to set."""
     hint = "the toy weights ship in msbd/toy/weights" if spec.name == "toy" else "see README, 'Real weights on a GPU'"
-    esrgan = msbd_config.upscale.mode == "esrgan"
-    needs_rerank = msbd_config.first_stage.rerank and msbd_config.first_stage.batch > 1
+    esrgan, needs_rerank = _needs(msbd_config)
     if esrgan and spec.upscaler is None:
         raise InputError("upscale.mode=esrgan needs model.upscaler=PATH (or choose msbd.upscale.mode=bicubic)")
     files = {"ckpt": spec.ckpt, "upscaler": spec.upscaler if esrgan else None,
@@ -101,8 +106,8 @@ def load_bundle(spec: ModelSpec, msbd_config: MSBDConfig, dtype: torch.dtype = t
     config = ldm_config_of(spec)
     files = model_files(spec, msbd_config)
     ckpt, sr, rr = files["ckpt"], files["upscaler"], files["reranker"]
-    random_sr = spec.upscaler == "random" and msbd_config.upscale.mode == "esrgan"
-    random_rr = spec.reranker == "random" and msbd_config.first_stage.rerank and msbd_config.first_stage.batch > 1
+    esrgan, needs_rerank = _needs(msbd_config)
+    random_sr, random_rr = esrgan and spec.upscaler == "random", needs_rerank and spec.reranker == "random"
     if spec.ckpt is not None and config.image_size != msbd_config.first_stage.size:
         raise InputError(f"msbd.first_stage.size={msbd_config.first_stage.size} differs from the model's native "
                          f"size {config.image_size}; use the model group's sizes")
