@@ -72,9 +72,19 @@ def _vae_bytes(bundle: ModelBundle, side_px: int) -> float:
     return cfg.ch * side_px ** 2 * 6 * 4 + tokens ** 2 * 4
 
 
+def _upscaler_bytes(bundle: ModelBundle, side_px: int) -> float:
+    """Rough peak bytes of one x4 pass (RRDBNet layout) on a side_px square input: the x4 feature maps dominate
+    (conv_up2, its activation and conv_hr at 16x the input pixels with num_feat channels)."""
+    model = getattr(bundle.upscaler, "model", bundle.upscaler)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)] if isinstance(model, torch.nn.Module) else []
+    feat = convs[0].out_channels if convs else 64
+    elem = next(iter(model.parameters())).element_size() if convs else 4
+    return 3 * 16 * side_px ** 2 * feat * elem + 16 * side_px ** 2 * 3 * 4 * 2   # + the float output and its resize
+
+
 def estimate_memory(config: MSBDConfig, bundle: ModelBundle, image_hw: tuple[int, int], long_edge: int) -> dict:
     """Peak bytes of the largest model call, per setting that drives it, plus the images held in memory."""
-    fs, up, grid = config.first_stage, config.upscale, config.grid
+    fs, up, grid, dec = config.first_stage, config.upscale, config.grid, config.decoder_opt
     stage_side = min(up.max_edgelen, long_edge)
     grid_side = grid.tile if long_edge > up.max_edgelen else 0
     parts = {
@@ -82,7 +92,20 @@ def estimate_memory(config: MSBDConfig, bundle: ModelBundle, image_hw: tuple[int
         "upscale.max_edgelen": _unet_bytes(bundle, stage_side, 1) + _vae_bytes(bundle, stage_side),
         "grid.tile": _unet_bytes(bundle, grid_side, 1) + _vae_bytes(bundle, grid_side) if grid_side else 0.0,
     }
+    if up.mode == "esrgan" and bundle.upscaler is not None and long_edge > fs.size:
+        # the x4 pass runs on the previous stage's result, at most max_edgelen on a side
+        parts["upscale.esrgan"] = _upscaler_bytes(bundle, stage_side)
+    if dec.enabled:
+        # a forward + backward pass of the decoder on two tiles (one tile when the stage fits max_edgelen)
+        # (a stage up to max_edgelen is one tile; the grid stage's tiles are decoder_opt.tile). The backward pass
+        # keeps every decoder activation: measured on the toy VAE, ~9x the forward estimate per pixel.
+        dec_bytes = 9 * _vae_bytes(bundle, stage_side)
+        if long_edge > up.max_edgelen:
+            dec_bytes = max(dec_bytes, 9 * 2 * _vae_bytes(bundle, dec.tile))
+        parts["decoder_opt.tile"] = dec_bytes
     images = 4 * 3 * 4 * image_hw[0] * image_hw[1] + 16 * 4 * long_edge ** 2
+    if dec.enabled:
+        images += 36 * long_edge ** 2     # the per-tile inputs kept during decoder optimisation (8 floats a pixel)
     return {"peak": max(parts.values()) + images, "driver": max(parts, key=parts.get), "parts": parts}
 
 
@@ -113,7 +136,18 @@ def _fitting_setting(config, bundle, image_hw, long_edge, limit, driver: str) ->
             trial.first_stage = dataclasses.replace(config.first_stage, batch=batch)
             if estimate_memory(trial, bundle, image_hw, long_edge)["peak"] <= limit:
                 return f"first_stage.batch={batch} would fit"
-    if driver in ("grid.tile", "upscale.max_edgelen"):
+    if driver == "decoder_opt.tile":
+        for side in range(config.decoder_opt.tile - bundle.size_multiple, bundle.size_multiple - 1,
+                          -bundle.size_multiple):
+            trial.decoder_opt = dataclasses.replace(config.decoder_opt, tile=side)
+            if estimate_memory(trial, bundle, image_hw, long_edge)["peak"] <= limit:
+                return f"decoder_opt.tile={side} would fit"
+        return "decoder_opt.enabled=false would save the most"
+    if driver == "upscale.esrgan":
+        trial.upscale = dataclasses.replace(config.upscale, mode="bicubic")
+        if estimate_memory(trial, bundle, image_hw, long_edge)["peak"] <= limit:
+            return "upscale.mode=bicubic (no x4 network) would fit"
+    if driver in ("grid.tile", "upscale.max_edgelen", "upscale.esrgan"):
         step = bundle.size_multiple
         for side in range(config.grid.tile - step, config.first_stage.size - 1, -step):
             trial.grid = dataclasses.replace(config.grid, tile=side, overlap=min(config.grid.overlap, side // 4))

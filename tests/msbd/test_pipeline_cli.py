@@ -90,3 +90,34 @@ def test_memory_refused_early_with_a_setting_that_fits(bundle, files, tmp_path):
     batch = int(str(err.value).split("first_stage.batch=")[1].split()[0])
     cfg.first_stage.batch = batch
     check_memory(cfg, bundle, (80, 96), 64, limit)  # the suggested setting passes
+
+
+def test_memory_estimate_counts_the_upscaler_and_decoder_optimisation():
+    """The x4 pass and the decoder's backward pass are part of the estimate (they drive it at real sizes)."""
+    import copy
+
+    from experiments.common import random_upscaler
+    from msbd.config import MSBDConfig
+
+    bundle = build_bundle("tiny-test", seed=0)
+    cfg = MSBDConfig.for_native_size(32)
+    cfg.decoder_opt.enabled = False
+    cfg.upscale.mode, cfg.upscale.max_edgelen = "bilinear", 256
+    plain = estimate_memory(cfg, bundle, (4096, 4096), 4096)
+    with_sr = copy.copy(bundle)
+    with_sr.upscaler = random_upscaler(0)
+    cfg.upscale.mode = "esrgan"
+    sr = estimate_memory(cfg, with_sr, (4096, 4096), 4096)
+    assert "upscale.esrgan" not in plain["parts"] and sr["parts"]["upscale.esrgan"] > 0
+    assert sr["peak"] >= plain["peak"]
+    cfg.decoder_opt.enabled = True
+    dec = estimate_memory(cfg, bundle, (4096, 4096), 4096)
+    assert dec["parts"]["decoder_opt.tile"] > 0 and dec["peak"] > plain["peak"]
+    cfg.decoder_opt.tile = 2048                      # a huge optimisation tile drives the estimate...
+    big = estimate_memory(cfg, bundle, (4096, 4096), 4096)
+    assert big["driver"] == "decoder_opt.tile"
+    limit = int(big["peak"] * 0.5)                   # ...and the refusal names a smaller tile that fits
+    with pytest.raises(InputError, match=r"decoder_opt.tile=\d+ would fit") as err:
+        check_memory(cfg, bundle, (4096, 4096), 4096, limit)
+    cfg.decoder_opt.tile = int(str(err.value).split("decoder_opt.tile=")[1].split()[0])
+    check_memory(cfg, bundle, (4096, 4096), 4096, limit)
