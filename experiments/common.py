@@ -348,8 +348,10 @@ def write_results(ctx: RunContext, rows: Sequence[dict], group_key: str = "varia
 
 def figure_grid(rows: Sequence[Sequence[np.ndarray]], path: Path, col_labels: Sequence[str] = (),
                 row_labels: Sequence[str] = (), zoom: tuple[int, int, int, int] | None = None,
-                title: str = "") -> Path:
-    """A paper-style grid of images (matplotlib), optionally with a zoomed crop (top, left, h, w) under each."""
+                title: str = "", cell_labels: Sequence[Sequence[str]] = ()) -> Path:
+    """A paper-style grid of images (matplotlib), optionally with a zoomed crop (top, left, h, w) under each.
+
+    col_labels title the first row's images; cell_labels (one list per row) title every image of their row."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -368,7 +370,9 @@ def figure_grid(rows: Sequence[Sequence[np.ndarray]], path: Path, col_labels: Se
                 top, left, h, w = row_zoom
                 axes[r, j].add_patch(matplotlib.patches.Rectangle((left, top), w, h, fill=False, color="yellow", lw=1))
                 axes[r + 1, j].imshow(image[top:top + h, left:left + w], interpolation="nearest", **gray)
-            if i == 0 and j < len(col_labels):
+            if i < len(cell_labels) and j < len(cell_labels[i]):
+                axes[r, j].set_title(cell_labels[i][j], fontsize=9)
+            elif i == 0 and j < len(col_labels):
                 axes[r, j].set_title(col_labels[j], fontsize=9)
         if i < len(row_labels):
             axes[i * (2 if zoom else 1), 0].text(-0.05, 0.5, row_labels[i], transform=axes[i * (2 if zoom else 1), 0]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from experiments.common import RunContext, figure_grid, write_json
+from experiments.common import RunContext, _resolve, figure_grid, write_json
 from msbd.errors import InputError
 
 
@@ -47,9 +47,9 @@ def run(ctx: RunContext, p: Params) -> dict:
     inp, inp_images = quality.measure_inpainting(bundle, inpaint_cfg, p.n_inpaint)
     figures.update(inp)
     if ctx.model.reranker not in (None, "random"):      # untrained stand-ins have no weights file to measure
-        figures.update(quality.measure_clip(ctx.model.reranker, p.n_clip))
+        figures.update(quality.measure_clip(_resolve(ctx.model.reranker), p.n_clip))
     if ctx.model.upscaler not in (None, "random"):
-        figures.update(quality.measure_sr(ctx.model.upscaler, p.n_sr))
+        figures.update(quality.measure_sr(_resolve(ctx.model.upscaler), p.n_sr))
     big, big_images = quality.measure_count_at(bundle, 4, p.n_4x, seed=ctx.seed, steps=p.steps, guidance=guidance)
     figures.update(big)
     rows = quality.verdict(figures)
@@ -72,9 +72,11 @@ def run(ctx: RunContext, p: Params) -> dict:
         command = "python scripts/run.py +experiment=toy_quality"
         card.write_text(replace_quality(card.read_text(), f"Measured by `{command}` (seed {ctx.seed}, "
                                         f"n = {p.n_t2i} prompts / {p.n_inpaint} edit tasks):\n\n{table}"))
-    prompts = [q[0] for q in quality.single_object_prompts(p.n_t2i)]
+    labels = [[q[0] for q in quality.single_object_prompts(min(8, p.n_t2i))],
+              [task.prompt for task in quality.inpainting_tasks(min(8, p.n_inpaint))],
+              [q[0] for q in quality.count_prompts(min(4, p.n_4x))]]
     figure_grid([t2i_images[:8], inp_images[:8], [np.asarray(im) for im in big_images[:4]]], ctx.path("figure.png"),
-                col_labels=prompts[:8], row_labels=["text-to-image 128 px", "inpainting", "at 4x (512 px)"],
+                cell_labels=labels, row_labels=["text-to-image 128 px", "inpainting", "at 4x (512 px)"],
                 title=f"toy_quality: {overall}")
     return {"overall": overall, **{k: v for k, v in figures.items() if k in quality.BARS}}
 

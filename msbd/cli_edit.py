@@ -97,15 +97,15 @@ def estimate_memory(config: MSBDConfig, bundle: ModelBundle, image_hw: tuple[int
         parts["upscale.esrgan"] = _upscaler_bytes(bundle, stage_side)
     if dec.enabled:
         # a forward + backward pass of the decoder on two tiles (one tile when the stage fits max_edgelen)
-        # (a stage up to max_edgelen is one tile; the grid stage's tiles are decoder_opt.tile). The backward pass
-        # keeps every decoder activation: measured on the toy VAE, ~9x the forward estimate per pixel.
-        dec_bytes = 9 * _vae_bytes(bundle, stage_side)
+        # The backward pass keeps every decoder activation: measured on the toy VAE, ~9x the forward estimate per
+        # pixel. A stage up to max_edgelen is optimised as one tile (so it counts under upscale.max_edgelen); the
+        # grid stage's tiles are decoder_opt.tile, two per step.
+        parts["upscale.max_edgelen"] = max(parts["upscale.max_edgelen"], 9 * _vae_bytes(bundle, stage_side))
         if long_edge > up.max_edgelen:
-            dec_bytes = max(dec_bytes, 9 * 2 * _vae_bytes(bundle, dec.tile))
-        parts["decoder_opt.tile"] = dec_bytes
+            parts["decoder_opt.tile"] = 9 * 2 * _vae_bytes(bundle, dec.tile)
     images = 4 * 3 * 4 * image_hw[0] * image_hw[1] + 16 * 4 * long_edge ** 2
     if dec.enabled:
-        images += 36 * long_edge ** 2     # the per-tile inputs kept during decoder optimisation (8 floats a pixel)
+        images += 36 * long_edge ** 2     # per-tile inputs kept during decoder optimisation (9 floats a pixel)
     return {"peak": max(parts.values()) + images, "driver": max(parts, key=parts.get), "parts": parts}
 
 
@@ -142,7 +142,10 @@ def _fitting_setting(config, bundle, image_hw, long_edge, limit, driver: str) ->
             trial.decoder_opt = dataclasses.replace(config.decoder_opt, tile=side)
             if estimate_memory(trial, bundle, image_hw, long_edge)["peak"] <= limit:
                 return f"decoder_opt.tile={side} would fit"
-        return "decoder_opt.enabled=false would save the most"
+        trial.decoder_opt = dataclasses.replace(config.decoder_opt, enabled=False)
+        if estimate_memory(trial, bundle, image_hw, long_edge)["peak"] <= limit:
+            return "decoder_opt.enabled=false would fit"
+        trial.decoder_opt = config.decoder_opt
     if driver == "upscale.esrgan":
         trial.upscale = dataclasses.replace(config.upscale, mode="bicubic")
         if estimate_memory(trial, bundle, image_hw, long_edge)["peak"] <= limit:

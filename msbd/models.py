@@ -107,13 +107,13 @@ def build_bundle(config: LDMConfig | str, ckpt_path: str | os.PathLike | None = 
     bundle = ModelBundle(unet, vae, text, CLIPTokenizer(), config.scale_factor, config.image_size, dtype, device,
                          weights_files=files)
     if isinstance(reranker, tuple):
-        bundle.reranker = clip_reranker(*reranker)
+        bundle.reranker = clip_reranker(*reranker, device=device)
         files["reranker"] = os.fspath(reranker[1])
     elif reranker is not None:
         bundle.reranker = reranker
     if sr_path is not None:
         from msbd.upscale import load_upscaler
-        bundle.upscaler = load_upscaler(sr_path)
+        bundle.upscaler = load_upscaler(sr_path).to(device)   # fp32: the x4 pass's numbers do not depend on dtype
         files["upscaler"] = os.fspath(sr_path)
     return bundle
 
@@ -128,10 +128,11 @@ def _random_networks(config: LDMConfig, seed: int) -> tuple[nn.Module, Autoencod
         torch.random.set_rng_state(state)
 
 
-def clip_reranker(name: str, weights_path: str | os.PathLike) -> Reranker:
+def clip_reranker(name: str, weights_path: str | os.PathLike, device: str | torch.device = "cpu") -> Reranker:
     """A reranker from open_clip weights on disk: images -> 100 x cosine similarity to the prompt (§6)."""
     from msbd.toy.clip_model import clip_scores, load_reranker
     model, preprocess, tokenizer = load_reranker(name, os.fspath(weights_path))
+    model = model.to(device)
 
     def score(images: Sequence[np.ndarray], prompt: str) -> torch.Tensor:
         return clip_scores(model, preprocess, tokenizer, list(images), prompt)

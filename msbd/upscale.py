@@ -41,8 +41,8 @@ def esrgan_x4(image: torch.Tensor, upscaler: UpscalerFn, swap_channels: bool = F
     """One x4 pass: [B, 3, h, w] RGB [0, 1] -> [B, 3, 4h, 4w] clamped to [0, 1]."""
     x = image.flip(1) if swap_channels else image  # reference QUIRK: BGR-trained net fed RGB
     param = next(iter(getattr(upscaler, "model", upscaler).parameters()), None)
-    dtype = param.dtype if param is not None else x.dtype
-    out = upscaler(x.to(dtype)).float().clamp(0, 1)
+    device, dtype = (param.device, param.dtype) if param is not None else (x.device, x.dtype)
+    out = upscaler(x.to(device, dtype)).to(image.device, torch.float32).clamp(0, 1)
     return out.flip(1) if swap_channels else out
 
 

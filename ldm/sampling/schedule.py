@@ -46,6 +46,7 @@ def ddim_timesteps(num_steps: int, num_train_steps: int = SD_NUM_TRAIN_STEPS) ->
     With c = num_train_steps // num_steps the list is [0, c, 2c, ...] + 1 (all entries below num_train_steps).
     As in the reference, a num_steps that does not divide num_train_steps gives *more* steps (60 -> 63,
     30 -> 31); we follow it so that the noise levels match, and callers should use len() of the result.
+    Where the reference would step at t = num_train_steps (and crash), that step is left out (3 -> [1, 334, 667]).
     """
     if not isinstance(num_steps, int) or isinstance(num_steps, bool):
         raise ValueError(f"num_steps must be an int, got {num_steps!r}")
@@ -53,7 +54,9 @@ def ddim_timesteps(num_steps: int, num_train_steps: int = SD_NUM_TRAIN_STEPS) ->
     if num_steps <= 0 or num_steps > max_steps:
         raise ValueError(f"num_steps must be in 1..{max_steps} for uniform+1 spacing, got {num_steps}")
     stride = num_train_steps // num_steps
-    return [t + 1 for t in range(0, num_train_steps, stride)]
+    # Bug fix: when the last start is num_train_steps - 1 (stride divides 999: N = 3, 9, 27, 101..111, 250..333),
+    # the reference's +1 indexes alpha_bar[1000] and crashes; that step is dropped.
+    return [t + 1 for t in range(0, num_train_steps, stride) if t + 1 < num_train_steps]
 
 
 def ddim_alpha_bars(alpha_bar: torch.Tensor, timesteps: list[int]) -> tuple[list[float], list[float]]:

@@ -64,6 +64,17 @@ def single_object_prompts(n: int, offset: int = 0) -> list[tuple[str, str, str]]
     return out
 
 
+def inpainting_tasks(n: int) -> list:
+    """The n held-out edit tasks (`random_edit_task`) of the inpainting bar."""
+    from msbd.toy.scenes import random_edit_task
+    return [random_edit_task(seed) for seed in seed_range("heldout", n, offset=2000)]
+
+
+def count_prompts(n: int) -> list[tuple[str, str, str]]:
+    """The n held-out single-object prompts of the 4x-native-size count."""
+    return single_object_prompts(n, offset=1000)
+
+
 # ------------------------------------------------------------------------------------------------------------
 
 
@@ -115,7 +126,7 @@ def measure_t2i(bundle, n: int = 64, size: int = 128, seed: int = 0, steps: int 
 def measure_count_at(bundle, scale: int = 4, n: int = 8, seed: int = 0, steps: int = 50, guidance: float = 7.5
                      ) -> tuple[dict, list[np.ndarray]]:
     """Mean number of objects of the prompt's colour when sampling at `scale` x the native size (paper Fig. 2)."""
-    prompts = single_object_prompts(n, offset=1000)
+    prompts = count_prompts(n)
     images = text_to_image(bundle, [p for p, _, _ in prompts], bundle.native_size * scale, seed, steps, guidance,
                            batch=2)
     counts = [judge_generation(im, colour, min_area_frac=0.002).count for im, (_, colour, _) in zip(images, prompts)]
@@ -130,11 +141,10 @@ def measure_inpainting(bundle, config, n: int = 40, size: int = 128, on_case: Ca
     from msbd.config import replace
     from msbd.pipeline import run_msbd
     from msbd.toy.analyser import analyse_edit
-    from msbd.toy.scenes import random_edit_task, render, render_mask
+    from msbd.toy.scenes import render, render_mask
     cfg = replace(config, first_stage={"batch": 1, "rerank": False}, decoder_opt={"enabled": False}, margin=1.0)
     success, unchanged, images = [], [], []
-    for k, seed in enumerate(seed_range("heldout", n, offset=2000)):
-        task = random_edit_task(seed)
+    for k, task in enumerate(inpainting_tasks(n)):
         image, mask = np.asarray(render(task.source, size)), render_mask(task, size)
         out = run_msbd(image, mask.astype(np.float32), task.prompt, replace(cfg, seed=k), bundle).image
         report = analyse_edit(out, mask, image, task)

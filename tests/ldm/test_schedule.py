@@ -43,6 +43,9 @@ def test_ddim_timesteps_tables():
     assert len(ddim_timesteps(80)) == 84
     assert ddim_timesteps(1) == [1]
     assert ddim_timesteps(500)[-1] == 999
+    # the reference indexes alpha_bar[1000] when the stride divides 999; that step is dropped
+    assert ddim_timesteps(3) == [1, 334, 667] and ddim_timesteps(27)[-1] == 963
+    assert all(0 < t < 1000 for n in range(1, 501) for t in ddim_timesteps(n))
 
 
 @pytest.mark.parametrize("bad", [0, -3, 501, 1000, 1001, 2.0])
