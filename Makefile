@@ -28,14 +28,20 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/unet_step.py
 
-# the embedded models' quality bars, also written into msbd/toy/weights/MODEL_CARD.md
+# the embedded models' quality bars, also written into msbd/toy/weights/MODEL_CARD.md and README.md
 quality: $(STAMP)
+	rm -f outputs/toy_quality/latest/DONE
 	$(PY) scripts/run.py +experiment=toy_quality toy_quality.update_card=true hydra.run.dir=outputs/toy_quality/latest
+	$(PY) scripts/readme_section.py QUALITY outputs/toy_quality/latest/results.md
 
 # regenerate the README's results table from the eval experiment
+# The README's table is a reduced run (n = 2 per variant, 1 MP, large masks: ~20 min on 2 cores);
+# `make eval-table EVAL_ARGS=` runs the full default benchmark (1-16 MP, both masks: many hours on a CPU).
+EVAL_ARGS ?= eval.tasks=[0,1] eval.sizes=[1024] eval.masks=[large] msbd.decoder_opt.iterations=20
+
 eval-table: $(STAMP)
 	rm -f outputs/eval/readme/DONE
-	$(PY) scripts/run.py +experiment=eval hydra.run.dir=outputs/eval/readme
+	$(PY) scripts/run.py +experiment=eval hydra.run.dir=outputs/eval/readme $(EVAL_ARGS)
 	$(PY) scripts/readme_section.py RESULTS outputs/eval/readme/results.md
 
 clean-venv:

@@ -154,11 +154,15 @@ def main(cfg: DictConfig) -> None:
             export(cfg, vae_path, ldm_path, scale)
     if "clip" in cfg.stages:
         from msbd.toy.clip_model import train_clip
-        card["clip"] = train_clip(os.path.join(cfg.run_dir, "clip"), max_minutes=cfg.clip.max_minutes, seed=cfg.seed)
+        from msbd.toy.clip_model import ClipTrainConfig
+        card["clip"] = train_clip(os.path.join(cfg.run_dir, "clip"), max_minutes=cfg.clip.max_minutes, seed=cfg.seed,
+                                  config=ClipTrainConfig(max_steps=cfg.clip.max_steps))
         shutil.copyfile(os.path.join(cfg.run_dir, "clip", "clip.safetensors"), presets.CLIP_WEIGHTS)
     if "sr" in cfg.stages:
         from msbd.toy.sr_model import train_sr
-        card["sr"] = train_sr(os.path.join(cfg.run_dir, "sr"), max_minutes=cfg.sr.max_minutes, seed=cfg.seed)
+        from msbd.toy.sr_model import SRTrainConfig
+        card["sr"] = train_sr(os.path.join(cfg.run_dir, "sr"), max_minutes=cfg.sr.max_minutes, seed=cfg.seed,
+                              config=SRTrainConfig(max_steps=cfg.sr.max_steps, clean_prob=cfg.sr.clean_prob))
         shutil.copyfile(os.path.join(cfg.run_dir, "sr", "sr.safetensors"), presets.SR_WEIGHTS)
     _write_card(cfg, card)
     from msbd.toy.card import write_model_card

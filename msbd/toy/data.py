@@ -159,14 +159,16 @@ class DegradationConfig:
     jpeg_prob: float = 0.3                           # probability of a JPEG round trip
     jpeg_quality: tuple[int, int] = (70, 95)         # PIL quality, uniform integer, inclusive
     scale: int = 4
+    clean_prob: float = 0.0                          # share of plain bicubic-AA LR (no blur, noise or JPEG)
 
     def __post_init__(self) -> None:
         for name in ("blur_sigma", "noise_std", "jpeg_quality"):
             lo, hi = getattr(self, name)
             if not 0 <= lo <= hi:
                 raise ValueError(f"{name} must be a range 0 <= lo <= hi, got {(lo, hi)}")
-        if not 0.0 <= self.jpeg_prob <= 1.0:
-            raise ValueError(f"jpeg_prob must lie in [0, 1], got {self.jpeg_prob}")
+        for name in ("jpeg_prob", "clean_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         if self.jpeg_quality[1] > 95 or self.jpeg_quality[0] < 1:
             raise ValueError(f"jpeg_quality must lie in [1, 95], got {self.jpeg_quality}")
 
@@ -207,6 +209,7 @@ def degrade(hr: torch.Tensor, rng: np.random.Generator, config: DegradationConfi
 
     1. blur with a random sigma; 2. bicubic downscale with antialiasing; 3. Gaussian noise;
     4. with probability `jpeg_prob`, a JPEG round trip; 5. clamp and round to 8 bits (an LR image is a file).
+    With probability `clean_prob` steps 1, 3 and 4 are skipped (the evaluation protocol of `msbd.toy.sr_model`).
     """
     if hr.ndim != 3 or hr.shape[0] != 3:
         raise ValueError(f"expected one RGB image [3, H, W], got shape {tuple(hr.shape)}")
@@ -219,6 +222,8 @@ def degrade(hr: torch.Tensor, rng: np.random.Generator, config: DegradationConfi
     use_jpeg = rng.random() < config.jpeg_prob
     quality = int(rng.integers(config.jpeg_quality[0], config.jpeg_quality[1] + 1))
     noise = torch.from_numpy(rng.standard_normal((3, h // s, w // s)).astype(np.float32))
+    if config.clean_prob > 0 and rng.random() < config.clean_prob:   # drawn last: other configs keep their stream
+        sigma, noise_std, use_jpeg = 0.0, 0.0, False
 
     lr = gaussian_blur(hr[None], sigma)
     lr = resize_area(lr, (h // s, w // s))[0]                    # [3, H/4, W/4]

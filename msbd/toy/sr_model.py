@@ -2,7 +2,8 @@
 
 MSBD upscales its stage-1 edit with Real-ESRGAN (RRDBNet x4plus, 16.7 M parameters). The toy world ships the same
 architecture at ~0.9 M parameters (`TOY_SR`), trained as Real-ESRNet is (pixel L1 loss, no GAN stage) on pairs
-(degrade(HR), HR) of HR patches cut from scene renders at 256-1024 px (`msbd.toy.data.degrade`). The exported fp16
+(degrade(HR), HR) of HR patches cut from scene renders at 256-1024 px (`msbd.toy.data.degrade`); `clean_prob`
+makes a share of the LR patches plain bicubic-AA downscales (0 for the shipped weights). The exported fp16
 safetensors keeps the Real-ESRGAN parameter names, so spandrel loads it as ESRGAN ×4.
 
 Evaluation (`eval_sr`): held-out scenes rendered at 256 px; LR = the mildest training degradation, i.e. a plain
@@ -130,10 +131,13 @@ class SRTrainConfig:
     warmup_steps: int = 50
     max_steps: int = 2000                         # schedule length; training also stops at max_minutes
     eval_n: int = 16
+    clean_prob: float = 0.0                       # share of plain bicubic-AA LR patches (the evaluation's LR)
 
     def __post_init__(self) -> None:
         if len(self.sizes) != len(self.n_scenes) or not self.sizes:
             raise ValueError(f"sizes and n_scenes must pair up, got {self.sizes} and {self.n_scenes}")
+        if not 0.0 <= self.clean_prob <= 1.0:
+            raise ValueError(f"clean_prob must lie in [0, 1], got {self.clean_prob}")
         if self.patch % 4 or self.patch > min(self.sizes):
             raise ValueError(f"patch must be divisible by 4 and fit in every render, got {self.patch}")
 
@@ -151,7 +155,8 @@ def train_sr(out_dir: str, max_minutes: float, seed: int, config: SRTrainConfig 
     for size, n in zip(config.sizes, config.n_scenes):
         caches.append(render_cache(cache_dir, seed_range("train", n, offset), size).images)
         offset += n
-    dataset = SRPatches(caches, config.patch, length=config.max_steps * config.batch_size, seed=seed)
+    dataset = SRPatches(caches, config.patch, length=config.max_steps * config.batch_size, seed=seed,
+                        config=DegradationConfig(clean_prob=config.clean_prob))
     loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, shuffle=False, drop_last=True)
     # 2. fit (time-boxed, resumable)
     module = SRLitModule(lr=config.lr, warmup_steps=config.warmup_steps, max_steps=config.max_steps)

@@ -112,6 +112,29 @@ def test_degradation_blurs_and_noises():
         DegradationConfig(blur_sigma=(1.0, 0.5))
 
 
+def test_clean_prob_mixes_plain_bicubic_patches_into_the_degraded_ones():
+    hr = torch.rand(3, 32, 32)
+    heavy = DegradationConfig(blur_sigma=(2.0, 2.0), noise_std=(0.05, 0.05), jpeg_prob=1.0)
+    plain = degrade(hr, np.random.default_rng(0), MILDEST)
+    always = degrade(hr, np.random.default_rng(0), DegradationConfig(blur_sigma=(2.0, 2.0), noise_std=(0.05, 0.05),
+                                                                    jpeg_prob=1.0, clean_prob=1.0))
+    torch.testing.assert_close(always, plain, rtol=0, atol=0)
+    # clean_prob = 0 draws nothing extra (other configs keep their random stream); clean_prob > 0 draws one more
+    rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
+    degrade(hr, rng_a, heavy)
+    degrade(hr, rng_b, DegradationConfig(clean_prob=0.25))
+    assert rng_a.random() != rng_b.random()
+    rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
+    degrade(hr, rng_a, heavy)
+    rng_b.uniform(), rng_b.uniform(), rng_b.random(), rng_b.integers(70, 96), rng_b.standard_normal((3, 8, 8))
+    assert rng_a.random() == rng_b.random()
+    clean = [torch.equal(degrade(hr, np.random.default_rng(s), DegradationConfig(clean_prob=0.5)),
+                         degrade(hr, np.random.default_rng(s), MILDEST)) for s in range(40)]
+    assert 8 <= sum(clean) <= 32
+    with pytest.raises(ValueError, match="clean_prob"):
+        DegradationConfig(clean_prob=1.5)
+
+
 def test_jpeg_roundtrip_is_lossy_but_close():
     image = torch.linspace(0, 1, 3 * 16 * 16).reshape(3, 16, 16)
     out = jpeg_roundtrip(image, 90)

@@ -1,0 +1,46 @@
+"""MODEL_CARD.md generation: figures come from the run directory, measured quality sections survive a rewrite."""
+import json
+
+import pytest
+
+from msbd.toy.card import QUALITY_BEGIN, QUALITY_END, replace_quality, write_model_card
+
+
+def _run_dir(tmp_path, clean_prob=None):
+    run = tmp_path / "run"
+    (run / "clip").mkdir(parents=True)
+    (run / "sr").mkdir()
+    (run / "card.json").write_text(json.dumps({"config": {"data": {"n_train": 123, "size": 128}},
+                                               "vae": {"train_psnr_last": 25.5}}))
+    (run / "clip" / "metrics.json").write_text(json.dumps({"steps": 2177, "top1_retrieval": 0.865,
+                                                           "config": {"n_train": 456}}))
+    sr_config = {"sizes": [256, 512]} | ({} if clean_prob is None else {"clean_prob": clean_prob})
+    (run / "sr" / "metrics.json").write_text(json.dumps({"steps": 846, "gain_db": -0.871, "config": sr_config}))
+    out = tmp_path / "out"
+    out.mkdir()
+    return run, out
+
+
+def test_card_reports_the_run_and_keeps_measured_quality(tmp_path):
+    run, out = _run_dir(tmp_path)
+    text = write_model_card(run, out, "python scripts/train_toy.py x=1").read_text()
+    assert "    python scripts/train_toy.py x=1" in text
+    assert "| clip | 2177 | None | held-out top-1 retrieval: 0.865 |" in text
+    assert "held-out PSNR gain over bicubic (dB): -0.871" in text
+    assert "123 scenes rendered at 128 px" in text and "CLIP: 456 training renders" in text
+    assert "clean_prob" not in text                          # the option was not used
+    measured = replace_quality(text, "| vae_psnr_db | 29.3 | >= 27 | PASS |")
+    (out / "MODEL_CARD.md").write_text(measured)
+    again = write_model_card(run, out, "python scripts/train_toy.py x=2").read_text()
+    assert "| vae_psnr_db | 29.3 | >= 27 | PASS |" in again and "x=2" in again
+    assert again.count(QUALITY_BEGIN) == again.count(QUALITY_END) == 1
+
+
+def test_card_names_clean_prob_when_used(tmp_path):
+    run, out = _run_dir(tmp_path, clean_prob=0.5)
+    assert "a share 0.5 of plain bicubic x4 (`clean_prob`)" in write_model_card(run, out, "cmd").read_text()
+
+
+def test_replace_quality_needs_markers():
+    with pytest.raises(ValueError, match="QUALITY markers"):
+        replace_quality("# card without markers", "x")
