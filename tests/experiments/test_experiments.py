@@ -6,16 +6,12 @@ start), with `model=random` so no trained weights are needed; each must write it
 import csv
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
+from _experiment_helpers import ROOT, run_experiment, run_script
 from hydra import compose, initialize_config_dir
 from PIL import Image
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-import run as run_script  # noqa: E402
 
 TINY = ["model=random", "progress=false", "threads=1", "msbd.first_stage.steps=2", "msbd.first_stage.batch=2",
         "msbd.upscale.steps=4", "msbd.decoder_opt.iterations=1", "msbd.first_stage.repaint_steps=1"]
@@ -23,11 +19,7 @@ CASES = "{tasks: [0], sizes: [96]}"
 
 
 def _run(tmp_path, experiment, *overrides):
-    with initialize_config_dir(config_dir=os.path.join(ROOT, "configs"), version_base="1.3"):
-        cfg = compose("config", overrides=[f"+experiment={experiment}", f"output_dir={tmp_path}", *TINY, *overrides])
-    out = run_script.run_task(cfg)
-    assert out == tmp_path and (tmp_path / "DONE").exists()
-    return json.loads((tmp_path / "DONE").read_text())
+    return run_experiment(tmp_path, experiment, *TINY, *overrides)
 
 
 def _rows(tmp_path):

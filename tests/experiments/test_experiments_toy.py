@@ -7,18 +7,13 @@ with few steps so that the whole file stays at a few minutes on one core. Slow: 
 import csv
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
+from _experiment_helpers import compose_experiment, run_experiment
 from PIL import Image
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-import run as run_script  # noqa: E402
-
-from msbd.toy import presets  # noqa: E402
+from msbd.toy import presets
 
 pytestmark = [
     pytest.mark.slow,
@@ -33,13 +28,9 @@ CASES = "{tasks: [0], sizes: [256]}"
 
 
 def _run(tmp_path, experiment, *overrides):
-    with initialize_config_dir(config_dir=os.path.join(ROOT, "configs"), version_base="1.3"):
-        cfg = compose("config", overrides=[f"+experiment={experiment}", f"output_dir={tmp_path}", *FEW, *overrides])
+    cfg = compose_experiment(tmp_path, experiment, *FEW, *overrides)
     assert cfg.model.name == "toy" and cfg.msbd.first_stage.size == 128
-    run_script.check(cfg)                                  # the weights files exist and match the config
-    out = run_script.run_task(cfg)
-    assert out == tmp_path and (tmp_path / "DONE").exists()
-    return json.loads((tmp_path / "DONE").read_text())
+    return run_experiment(tmp_path, experiment, *FEW, *overrides, check=True)   # check: weights files exist
 
 
 @pytest.mark.parametrize("experiment, overrides, n_variants", [
