@@ -96,7 +96,6 @@ def estimate_memory(config: MSBDConfig, bundle: ModelBundle, image_hw: tuple[int
         # the x4 pass runs on the previous stage's result, at most max_edgelen on a side
         parts["upscale.esrgan"] = _upscaler_bytes(bundle, stage_side)
     if dec.enabled:
-        # a forward + backward pass of the decoder on two tiles (one tile when the stage fits max_edgelen)
         # The backward pass keeps every decoder activation: measured on the toy VAE, ~9x the forward estimate per
         # pixel. A stage up to max_edgelen is optimised as one tile (so it counts under upscale.max_edgelen); the
         # grid stage's tiles are decoder_opt.tile, two per step.
