@@ -92,6 +92,7 @@ def estimate_memory(config: MSBDConfig, bundle: ModelBundle, image_hw: tuple[int
         "upscale.max_edgelen": _unet_bytes(bundle, stage_side, 1) + _vae_bytes(bundle, stage_side),
         "grid.tile": _unet_bytes(bundle, grid_side, 1) + _vae_bytes(bundle, grid_side) if grid_side else 0.0,
     }
+    images = 4 * 3 * 4 * image_hw[0] * image_hw[1] + 16 * 4 * long_edge ** 2
     if up.mode == "esrgan" and bundle.upscaler is not None and long_edge > fs.size:
         # the x4 pass runs on the previous stage's result, at most max_edgelen on a side
         parts["upscale.esrgan"] = _upscaler_bytes(bundle, stage_side)
@@ -102,8 +103,6 @@ def estimate_memory(config: MSBDConfig, bundle: ModelBundle, image_hw: tuple[int
         parts["upscale.max_edgelen"] = max(parts["upscale.max_edgelen"], 9 * _vae_bytes(bundle, stage_side))
         if long_edge > up.max_edgelen:
             parts["decoder_opt.tile"] = 9 * 2 * _vae_bytes(bundle, dec.tile)
-    images = 4 * 3 * 4 * image_hw[0] * image_hw[1] + 16 * 4 * long_edge ** 2
-    if dec.enabled:
         images += 36 * long_edge ** 2     # per-tile inputs kept during decoder optimisation (9 floats a pixel)
     return {"peak": max(parts.values()) + images, "driver": max(parts, key=parts.get), "parts": parts}
 

@@ -81,16 +81,13 @@ def write_model_card(run_dir: str | os.PathLike, export_dir: str | os.PathLike, 
               "* Every evaluation uses held-out seeds (10^6 and up), never seen in training.", "",
               "## Command and time", "", f"    {command}", "",
               "| stage | steps | training minutes (total) | last metric |", "|---|---|---|---|"]
-    for stage, metric in (("vae", "train_psnr_last"), ("ldm", "train_loss_last")):
+    for stage, metrics, key, label in (("vae", card.get("vae", {}), "train_psnr_last", "train_psnr_last"),
+                                       ("ldm", card.get("ldm", {}), "train_loss_last", "train_loss_last"),
+                                       ("clip", clip_m, "top1_retrieval", "held-out top-1 retrieval"),
+                                       ("sr", sr_m, "gain_db", "held-out PSNR gain over bicubic (dB)")):
         steps, minutes = _progress(run / stage / "last.ckpt")
-        value = card.get(stage, {}).get(metric)
-        lines.append(f"| {stage} | {steps} | {minutes} | {metric}: {'n/a' if value is None else f'{value:.3f}'} |")
-    for stage, metric, label in (("clip", "top1_retrieval", "held-out top-1 retrieval"),
-                                 ("sr", "gain_db", "held-out PSNR gain over bicubic (dB)")):
-        m = clip_m if stage == "clip" else sr_m
-        steps, minutes = _progress(run / stage / "last.ckpt")
-        value = m.get(metric)
-        lines.append(f"| {stage} | {m.get('steps', steps)} | {minutes} | {label}: "
+        value = metrics.get(key)
+        lines.append(f"| {stage} | {metrics.get('steps', steps)} | {minutes} | {label}: "
                      f"{'n/a' if value is None else f'{value:.3f}'} |")
     lines += ["", "Training resumes from `train_runs/toy/<stage>/last.ckpt` when run again; budgets are totals.", "",
               "## Quality bars", "", QUALITY_BEGIN,
