@@ -36,19 +36,22 @@ from msbd.toy.train_ldm import (  # noqa: E402
 )
 
 
-def _trainer(stage_dir: str, max_minutes: float) -> pl.Trainer:
+def _trainer(stage_dir: str, max_minutes: float, max_steps: int = -1) -> pl.Trainer:
     checkpoint = pl.callbacks.ModelCheckpoint(dirpath=stage_dir, save_last=True, save_top_k=0,
                                               every_n_train_steps=100)
-    return pl.Trainer(accelerator="cpu", devices=1, max_epochs=-1, max_time={"minutes": max_minutes},
+    return pl.Trainer(accelerator="cpu", devices=1, max_epochs=-1, max_steps=max_steps,
+                      max_time={"minutes": max_minutes},
                       callbacks=[checkpoint], logger=pl.loggers.CSVLogger(stage_dir, name="log"),
                       log_every_n_steps=20, enable_model_summary=False, num_sanity_val_steps=0)
 
 
-def _fit(module: pl.LightningModule, loader: DataLoader, stage_dir: str, max_minutes: float) -> float:
-    """Fit for the time budget, resuming from `stage_dir/last.ckpt`; returns the minutes spent in this call."""
+def _fit(module: pl.LightningModule, loader: DataLoader, stage_dir: str, max_minutes: float,
+         max_steps: int = -1) -> float:
+    """Fit for the time budget (and `max_steps` if > 0), resuming from `stage_dir/last.ckpt`; returns the minutes
+    spent in this call."""
     last = os.path.join(stage_dir, "last.ckpt")
     start = time.time()
-    _trainer(stage_dir, max_minutes).fit(module, loader, ckpt_path=last if os.path.exists(last) else None)
+    _trainer(stage_dir, max_minutes, max_steps if max_steps > 0 else -1).fit(module, loader, ckpt_path=last if os.path.exists(last) else None)
     return (time.time() - start) / 60
 
 
@@ -107,11 +110,12 @@ def train_ldm(cfg: DictConfig, cache, latents: torch.Tensor, scale: float, card:
     token_ids = tokenizer(list(cache.captions))
     empty_ids = tokenizer([""])[0]
     tc = LDMTrainConfig(lr=cfg.ldm.lr, warmup_steps=cfg.ldm.warmup_steps, batch_size=cfg.ldm.batch_size,
-                        caption_dropout=cfg.ldm.caption_dropout, ema_decay=cfg.ldm.ema_decay)
+                        caption_dropout=cfg.ldm.caption_dropout, ema_decay=cfg.ldm.ema_decay,
+                        snr_gamma=cfg.ldm.snr_gamma, decay_start=cfg.ldm.decay_start, max_steps=cfg.ldm.max_steps)
     module = LDMLitModule(presets.TOY_UNET, presets.TOY_TEXT, tc)
     dataset = LatentCaptionDataset(latents * scale, token_ids, empty_ids, tc.caption_dropout)
     loader = DataLoader(dataset, batch_size=tc.batch_size, shuffle=True, drop_last=True)
-    minutes = _fit(module, loader, stage_dir, cfg.ldm.max_minutes)
+    minutes = _fit(module, loader, stage_dir, cfg.ldm.max_minutes, tc.max_steps)
     state = {f"model.diffusion_model.{k}": v for k, v in module.ema_unet.state_dict().items()}
     state.update({f"cond_stage_model.transformer.{k}": v for k, v in module.ema_text.state_dict().items()})
     save_file({k: v.contiguous() for k, v in state.items()}, out)

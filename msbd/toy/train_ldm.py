@@ -4,11 +4,14 @@ Both are the `ldm` classes at tiny sizes (see `msbd/toy/presets.py`), trained fr
 pytorch-lightning on procedural renders. The VAE follows the KL-autoencoder recipe of latent diffusion
 (reconstruction + a very small KL term; an edge term stands in for the perceptual and GAN losses that
 are too costly here). The UNet learns eps-prediction on the SD-v1 schedule, jointly with the text
-encoder, with caption dropout for classifier-free guidance, and keeps an EMA of its weights.
+encoder, with caption dropout for classifier-free guidance, and keeps an EMA of its weights. Two options
+depart from that plain recipe: `snr_gamma` (min-SNR-gamma loss weighting, Hang et al. 2023) and a cosine decay
+of the learning rate from `decay_start` to `max_steps`; both are off by default.
 """
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import pytorch_lightning as pl
@@ -95,6 +98,24 @@ class LDMTrainConfig:
     beta_start: float = 0.00085
     beta_end: float = 0.012
     num_train_timesteps: int = 1000
+    snr_gamma: float = 0.0         # > 0: weight the eps loss by min(SNR, gamma) / SNR (min-SNR); 0: plain MSE
+    decay_start: int = 0           # with max_steps > 0: constant LR until this step, then cosine to 0 at max_steps
+    max_steps: int = 0             # 0: constant LR after warm-up, no step limit (time budget only)
+
+    def __post_init__(self) -> None:
+        if self.snr_gamma < 0:
+            raise ValueError(f"snr_gamma must be >= 0, got {self.snr_gamma}")
+        if self.max_steps < 0 or self.decay_start < 0 or (self.max_steps and self.decay_start >= self.max_steps):
+            raise ValueError(f"need 0 <= decay_start < max_steps (or max_steps = 0), got {self.decay_start}, "
+                             f"{self.max_steps}")
+
+    def lr_factor(self, step: int) -> float:
+        """LR multiplier at optimiser step `step`: linear warm-up, constant, then the optional cosine decay."""
+        factor = min(1.0, (step + 1) / self.warmup_steps)
+        if self.max_steps and step > self.decay_start:
+            progress = min(1.0, (step - self.decay_start) / (self.max_steps - self.decay_start))
+            factor *= 0.5 * (1.0 + math.cos(math.pi * progress))
+        return factor
 
 
 class LatentCaptionDataset(Dataset):
@@ -131,7 +152,11 @@ class LDMLitModule(pl.LightningModule):
         eps = torch.randn_like(z0)
         z_t = a.sqrt() * z0 + (1 - a).sqrt() * eps
         eps_hat = self.unet(z_t, t, self.text_encoder(ids))
-        loss = F.mse_loss(eps_hat, eps)
+        loss = F.mse_loss(eps_hat, eps, reduction="none").mean(dim=(1, 2, 3))      # [B]
+        if self.train_config.snr_gamma > 0:
+            snr = self.alpha_bar[t] / (1 - self.alpha_bar[t])
+            loss = loss * snr.clamp(max=self.train_config.snr_gamma) / snr
+        loss = loss.mean()
         self.log("loss", loss, prog_bar=True)
         return loss
 
@@ -145,8 +170,7 @@ class LDMLitModule(pl.LightningModule):
     def configure_optimizers(self):
         params = list(self.unet.parameters()) + list(self.text_encoder.parameters())
         optimizer = torch.optim.AdamW(params, lr=self.train_config.lr, weight_decay=0.01)
-        warmup = self.train_config.warmup_steps
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self.train_config.lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 

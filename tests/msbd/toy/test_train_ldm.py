@@ -1,4 +1,5 @@
 """The toy LDM training modules learn: a few optimiser steps on one batch lower each loss."""
+import pytest
 import torch
 
 from ldm.config import get_preset
@@ -49,3 +50,30 @@ def test_ldm_module_overfits_one_batch_and_tracks_ema():
 def test_latent_scale_factor_is_inverse_std():
     latents = torch.randn(64, 4, 8, 8) * 5.0
     assert abs(latent_scale_factor(latents) - 1 / latents.std().item()) < 1e-4
+
+
+def test_min_snr_weighting_only_lowers_low_noise_terms():
+    cfg = get_preset("tiny-test")
+    module = LDMLitModule(cfg.unet, cfg.text, LDMTrainConfig())
+    batch = (torch.randn(4, 4, 8, 8), torch.randint(0, 49408, (4, 77)))
+    losses = {}
+    for gamma in (0.0, 5.0, 1e9):
+        module.train_config = LDMTrainConfig(snr_gamma=gamma)
+        torch.manual_seed(3)
+        with torch.no_grad():
+            losses[gamma] = module.training_step(batch, 0).item()
+    assert losses[5.0] < losses[0.0]                     # weights min(SNR, 5) / SNR <= 1, < 1 where SNR > 5
+    assert abs(losses[1e9] - losses[0.0]) < 1e-6 * losses[0.0]   # a huge gamma is plain MSE
+
+
+def test_lr_factor_warmup_constant_then_cosine():
+    plain = LDMTrainConfig(warmup_steps=10)
+    assert plain.lr_factor(0) == 0.1 and plain.lr_factor(9) == 1.0 and plain.lr_factor(10**6) == 1.0
+    decay = LDMTrainConfig(warmup_steps=10, decay_start=100, max_steps=300)
+    assert decay.lr_factor(100) == 1.0
+    assert abs(decay.lr_factor(200) - 0.5) < 1e-12 and decay.lr_factor(300) == 0.0 and decay.lr_factor(400) == 0.0
+    assert decay.lr_factor(150) > decay.lr_factor(250)
+    with pytest.raises(ValueError, match="decay_start"):
+        LDMTrainConfig(decay_start=300, max_steps=300)
+    with pytest.raises(ValueError, match="snr_gamma"):
+        LDMTrainConfig(snr_gamma=-1)
