@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from experiments import EXPERIMENTS, load_experiment  # noqa: E402
 from experiments.common import DONE_MARKER, ModelSpec, RunContext, ldm_config_of, model_files, write_json  # noqa: E402
 from msbd.config import MSBDConfig  # noqa: E402
-from msbd.errors import InputError  # noqa: E402
+from msbd.errors import InputError, composition_message  # noqa: E402
 
 log = logging.getLogger("msbd")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -178,23 +178,8 @@ def precheck(argv: list[str]) -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except Exception as err:  # noqa: BLE001  (a composition failure: misspelled key, wrong type, unknown option)
-        print(f"error: {_composition_message(err)}", file=sys.stderr)
+        print(f"error: {composition_message(err)}", file=sys.stderr)
         sys.exit(2)
-
-
-def _composition_message(err: BaseException) -> str:
-    """One line from Hydra/OmegaConf's multi-line composition errors: what failed, and why."""
-    first = str(err).splitlines()[0] if str(err) else type(err).__name__
-    cause = err.__cause__
-    if cause is not None and str(cause):
-        lines = str(cause).splitlines()
-        key = next((ln.split(":", 1)[1].strip() for ln in lines if ln.strip().startswith("full_key:")), None)
-        first = f"{first.rstrip('.')}: {lines[0]}" + (f" (key {key})" if key else "")
-    if "Available options in" in str(err):
-        options = [ln.strip() for ln in str(err).split("Available options in")[1].splitlines()[1:]
-                   if ln.startswith("\t") and "=" not in ln]
-        first += f"; available: {', '.join(options)}"
-    return first
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ the same code path as a real `sd-v1-4.ckpt`. `MODEL_CARD.md` records data, comma
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -28,12 +29,77 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from ldm.models.tokenizer import CLIPTokenizer  # noqa: E402
+from msbd.errors import composition_message  # noqa: E402
 from msbd.toy import presets  # noqa: E402
 from msbd.toy.data import images_to_tensor, render_cache, seed_range  # noqa: E402
 from msbd.toy.train_ldm import (  # noqa: E402
     ImageCropDataset, LatentCaptionDataset, LDMLitModule, LDMTrainConfig, VAELitModule, VAETrainConfig,
     latent_scale_factor,
 )
+
+
+STAGES = ("vae", "ldm", "clip", "sr")
+
+
+def vae_config(cfg: DictConfig) -> VAETrainConfig:
+    return VAETrainConfig(lr=cfg.vae.lr, kl_weight=cfg.vae.kl_weight, edge_weight=cfg.vae.edge_weight,
+                          crop=cfg.vae.crop, batch_size=cfg.vae.batch_size)
+
+
+def ldm_config(cfg: DictConfig) -> LDMTrainConfig:
+    return LDMTrainConfig(lr=cfg.ldm.lr, warmup_steps=cfg.ldm.warmup_steps, batch_size=cfg.ldm.batch_size,
+                          caption_dropout=cfg.ldm.caption_dropout, ema_decay=cfg.ldm.ema_decay,
+                          snr_gamma=cfg.ldm.snr_gamma, decay_start=cfg.ldm.decay_start, max_steps=cfg.ldm.max_steps)
+
+
+def clip_config(cfg: DictConfig):
+    from msbd.toy.clip_model import ClipTrainConfig
+    return ClipTrainConfig(max_steps=cfg.clip.max_steps)
+
+
+def sr_config(cfg: DictConfig):
+    from msbd.toy.sr_model import SRTrainConfig
+    return SRTrainConfig(max_steps=cfg.sr.max_steps, clean_prob=cfg.sr.clean_prob)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ValueError (one line) for a configuration that would fail or misbehave only once training runs."""
+    for key in ("stages", "force"):
+        unknown = [s for s in cfg[key] if s not in STAGES]
+        if unknown:
+            raise ValueError(f"{key}: unknown stage(s) {unknown}; stages are {list(STAGES)}")
+    if cfg.threads < 1 or cfg.data.n_train < 1 or cfg.data.size % 8:
+        raise ValueError(f"need threads >= 1, data.n_train >= 1 and data.size divisible by 8, got {cfg.threads}, "
+                         f"{cfg.data.n_train}, {cfg.data.size}")
+    for stage in cfg.stages:
+        if not cfg[stage].max_minutes > 0:
+            raise ValueError(f"{stage}.max_minutes must be positive, got {cfg[stage].max_minutes}")
+        if stage != "vae" and cfg[stage].max_steps < (1 if stage != "ldm" else 0):
+            raise ValueError(f"{stage}.max_steps must be positive, got {cfg[stage].max_steps}")
+    for build in (vae_config, ldm_config, clip_config, sr_config):
+        config = build(cfg)                         # the dataclasses check their own values; here: their types
+        for f in dataclasses.fields(config):
+            value, default = getattr(config, f.name), f.default
+            if isinstance(default, (int, float)) and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                                      or (isinstance(default, int) and not isinstance(value, int))):
+                raise ValueError(f"{f.name} must be {type(default).__name__}, got {value!r}")
+
+
+def precheck(argv: list[str]) -> None:
+    """Compose the command line's config and validate it: a bad override is one `error:` line and exit 2."""
+    if any(a.startswith("-") for a in argv):
+        return                                      # --help, --cfg, -m, ...: leave them to Hydra
+    from hydra import compose, initialize_config_dir
+    try:
+        with initialize_config_dir(config_dir=os.path.join(ROOT, "configs"), version_base="1.3"):
+            cfg = compose("train_toy", overrides=argv)
+        validate(cfg)
+    except ValueError as err:
+        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as err:  # noqa: BLE001  (composition: misspelled key, wrong type)
+        print(f"error: {composition_message(err)}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _trainer(stage_dir: str, max_minutes: float, max_steps: int = -1) -> pl.Trainer:
@@ -51,7 +117,9 @@ def _fit(module: pl.LightningModule, loader: DataLoader, stage_dir: str, max_min
     spent in this call."""
     last = os.path.join(stage_dir, "last.ckpt")
     start = time.time()
-    _trainer(stage_dir, max_minutes, max_steps if max_steps > 0 else -1).fit(module, loader, ckpt_path=last if os.path.exists(last) else None)
+    trainer = _trainer(stage_dir, max_minutes, max_steps if max_steps > 0 else -1)
+    trainer.fit(module, loader, ckpt_path=last if os.path.exists(last) else None)
+    trainer.save_checkpoint(last)          # the exported state, so a later run resumes (or re-exports) exactly it
     return (time.time() - start) / 60
 
 
@@ -72,8 +140,7 @@ def train_vae(cfg: DictConfig, cache, card: dict) -> str:
     out = os.path.join(stage_dir, "vae.safetensors")
     if os.path.exists(out) and "vae" not in cfg.force:
         return out
-    tc = VAETrainConfig(lr=cfg.vae.lr, kl_weight=cfg.vae.kl_weight, edge_weight=cfg.vae.edge_weight,
-                        crop=cfg.vae.crop, batch_size=cfg.vae.batch_size)
+    tc = vae_config(cfg)
     module = VAELitModule(presets.TOY_VAE, tc)
     loader = DataLoader(ImageCropDataset(cache.images, tc.crop), batch_size=tc.batch_size, shuffle=True,
                         drop_last=True)
@@ -89,7 +156,7 @@ def encode_latents(vae_path: str, cache, stage_dir: str) -> tuple[torch.Tensor, 
     out = os.path.join(stage_dir, "latents.safetensors")
     if os.path.exists(out) and os.path.getmtime(out) > os.path.getmtime(vae_path):
         saved = load_file(out)
-        return saved["latents"], float(saved["scale"])
+        return saved["latents"], float(f"{float(saved['scale']):.5g}")    # stored as float32: re-round
     from ldm.models.autoencoder import AutoencoderKL
     vae = AutoencoderKL(presets.TOY_VAE).eval()
     vae.load_state_dict(load_file(vae_path))
@@ -109,9 +176,7 @@ def train_ldm(cfg: DictConfig, cache, latents: torch.Tensor, scale: float, card:
     tokenizer = CLIPTokenizer()
     token_ids = tokenizer(list(cache.captions))
     empty_ids = tokenizer([""])[0]
-    tc = LDMTrainConfig(lr=cfg.ldm.lr, warmup_steps=cfg.ldm.warmup_steps, batch_size=cfg.ldm.batch_size,
-                        caption_dropout=cfg.ldm.caption_dropout, ema_decay=cfg.ldm.ema_decay,
-                        snr_gamma=cfg.ldm.snr_gamma, decay_start=cfg.ldm.decay_start, max_steps=cfg.ldm.max_steps)
+    tc = ldm_config(cfg)
     module = LDMLitModule(presets.TOY_UNET, presets.TOY_TEXT, tc)
     dataset = LatentCaptionDataset(latents * scale, token_ids, empty_ids, tc.caption_dropout)
     loader = DataLoader(dataset, batch_size=tc.batch_size, shuffle=True, drop_last=True)
@@ -158,15 +223,13 @@ def main(cfg: DictConfig) -> None:
             export(cfg, vae_path, ldm_path, scale)
     if "clip" in cfg.stages:
         from msbd.toy.clip_model import train_clip
-        from msbd.toy.clip_model import ClipTrainConfig
         card["clip"] = train_clip(os.path.join(cfg.run_dir, "clip"), max_minutes=cfg.clip.max_minutes, seed=cfg.seed,
-                                  config=ClipTrainConfig(max_steps=cfg.clip.max_steps))
+                                  config=clip_config(cfg))
         shutil.copyfile(os.path.join(cfg.run_dir, "clip", "clip.safetensors"), presets.CLIP_WEIGHTS)
     if "sr" in cfg.stages:
         from msbd.toy.sr_model import train_sr
-        from msbd.toy.sr_model import SRTrainConfig
         card["sr"] = train_sr(os.path.join(cfg.run_dir, "sr"), max_minutes=cfg.sr.max_minutes, seed=cfg.seed,
-                              config=SRTrainConfig(max_steps=cfg.sr.max_steps, clean_prob=cfg.sr.clean_prob))
+                              config=sr_config(cfg))
         shutil.copyfile(os.path.join(cfg.run_dir, "sr", "sr.safetensors"), presets.SR_WEIGHTS)
     _write_card(cfg, card)
     from msbd.toy.card import write_model_card
@@ -175,4 +238,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    precheck(sys.argv[1:])
     main()

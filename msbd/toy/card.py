@@ -108,4 +108,4 @@ def replace_quality(card_text: str, section: str) -> str:
         raise ValueError("MODEL_CARD.md has no QUALITY markers; regenerate it with scripts/train_toy.py")
     head, rest = card_text.split(QUALITY_BEGIN, 1)
     tail = rest.split(QUALITY_END, 1)[1]
-    return f"{head}{QUALITY_BEGIN}\n{section}\n{QUALITY_END}{tail}"
+    return f"{head}{QUALITY_BEGIN}\n{section.strip(chr(10))}\n\n{QUALITY_END}{tail}"

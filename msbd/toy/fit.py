@@ -38,13 +38,15 @@ def adamw_with_schedule(module: pl.LightningModule, params: list[dict], lr: floa
 
 
 def fit_resumable(module: pl.LightningModule, loader: torch.utils.data.DataLoader, out_dir: str,
-                  max_minutes: float, max_steps: int, log_every_n_steps: int = 10) -> pl.Trainer:
-    """Train `module` on CPU until `max_steps` or `max_minutes` (total over resumes); resume from out_dir/last.ckpt."""
+                  max_minutes: float, max_steps: int, log_every_n_steps: int = 10,
+                  checkpoint_minutes: float = 2.0) -> pl.Trainer:
+    """Train `module` on CPU until `max_steps` or `max_minutes` (total over resumes); resume from out_dir/last.ckpt,
+    which is written every `checkpoint_minutes` and at the end."""
     if max_minutes <= 0 or max_steps <= 0:
         raise ValueError(f"max_minutes and max_steps must be positive, got {max_minutes}, {max_steps}")
     os.makedirs(out_dir, exist_ok=True)
     checkpoint = ModelCheckpoint(dirpath=out_dir, save_last=True, save_top_k=0,
-                                 train_time_interval=timedelta(minutes=2))
+                                 train_time_interval=timedelta(minutes=checkpoint_minutes))
     checkpoint.CHECKPOINT_NAME_LAST = "last"
     trainer = pl.Trainer(
         accelerator="cpu", devices=1, max_steps=max_steps, max_time=timedelta(minutes=max_minutes),
@@ -54,4 +56,7 @@ def fit_resumable(module: pl.LightningModule, loader: torch.utils.data.DataLoade
     )
     last = os.path.join(out_dir, LAST_CKPT)
     trainer.fit(module, train_dataloaders=loader, ckpt_path=last if os.path.exists(last) else None)
+    # Lightning's on_train_end writes last.ckpt as well; this makes sure the resume point is the state exported
+    # now (a CLIP resume once restarted 159 steps before the exported weights).
+    trainer.save_checkpoint(last)
     return trainer

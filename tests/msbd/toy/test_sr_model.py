@@ -86,3 +86,15 @@ def test_fit_is_resumable(tmp_path):
     assert second.global_step == 3                         # one more step after the two restored ones
     saved = torch.load(tmp_path / LAST_CKPT, weights_only=False)["state_dict"]
     torch.testing.assert_close(saved["model.conv_first.weight"], module.model.conv_first.weight)
+
+
+def test_time_limited_fit_checkpoints_its_final_state(tmp_path):
+    dataset = SRPatches(_patch_caches(), patch=16, length=10**5, seed=0)   # no epoch end
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2)
+    module = SRLitModule(num_feat=8, num_block=1, max_steps=10**6)
+    trainer = fit_resumable(module, loader, str(tmp_path), max_minutes=0.05, max_steps=10**6,   # stops on time
+                            checkpoint_minutes=0.005)                 # after interval checkpoints
+    assert 1 < trainer.global_step < 10**6
+    saved = torch.load(tmp_path / LAST_CKPT, weights_only=False)
+    assert saved["global_step"] == trainer.global_step     # a re-run re-exports exactly what was exported
+    torch.testing.assert_close(saved["state_dict"]["model.conv_last.weight"], module.model.conv_last.weight)
