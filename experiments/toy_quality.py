@@ -2,7 +2,9 @@
 
 Prints one row per bar (figure, bar, PASS/FAIL) and an overall verdict line; writes `quality.json`, `results.md`
 and `figure.png` (text-to-image samples at 128 px, inpainting results, and samples at 4x the native size, where
-the paper's failure mode - repeated objects - shows). Also reported, not a bar: the mean object count at 4x.
+the paper's failure mode - repeated objects - shows). Also reported, not bars: the mean object count at 4x and
+(`zero_mean_init`) the text-to-image figures when the start noise has zero per-channel mean
+(`SamplerConfig.zero_mean_init`: on 16x16 latents the start noise's mean sets the background colour).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ class Params:
     n_sr: int = 16                  # scenes for super-resolution
     n_4x: int = 8                   # samples at 4x the native size
     steps: int = 50                 # DDIM steps (text-to-image and inpainting)
+    zero_mean_init: bool = True     # also report text-to-image from zero-mean start noise (not a bar)
     update_card: bool = False       # write the table into msbd/toy/weights/MODEL_CARD.md (QUALITY section)
 
     def validate(self) -> None:
@@ -43,6 +46,9 @@ def run(ctx: RunContext, p: Params) -> dict:
     figures.update(quality.measure_vae(bundle, p.n_vae))
     t2i, t2i_images = quality.measure_t2i(bundle, p.n_t2i, seed=ctx.seed, steps=p.steps, guidance=guidance)
     figures.update(t2i)
+    if p.zero_mean_init:
+        figures.update(quality.measure_t2i(bundle, p.n_t2i, seed=ctx.seed, steps=p.steps, guidance=guidance,
+                                           zero_mean_init=True)[0])
     inpaint_cfg = replace(ctx.msbd, first_stage={"steps": p.steps})
     inp, inp_images = quality.measure_inpainting(bundle, inpaint_cfg, p.n_inpaint)
     figures.update(inp)
@@ -55,13 +61,14 @@ def run(ctx: RunContext, p: Params) -> dict:
     rows = quality.verdict(figures)
     overall = "PASS" if all(r["result"] == "PASS" for r in rows) else "FAIL"
     lines = [f"{r['bar']:28s} {_fmt(r['figure']):>9s}  bar {r['threshold']:>8s}  {r['result']}" for r in rows]
-    lines.append(f"{'count_at_4x (not a bar)':28s} {_fmt(figures['count_at_4x']):>9s}")
+    extras = ["count_at_4x"] + [k for k in figures if k.endswith("_zero_mean_init")]
+    lines += [f"{k + ' (not a bar)':28s} {_fmt(figures[k]):>9s}" for k in extras]
     lines.append(f"overall: {overall} ({sum(r['result'] == 'PASS' for r in rows)}/{len(rows)} bars)")
     print("\n".join(lines))
     write_json(ctx.path("quality.json"), {"figures": figures, "bars": rows, "overall": overall})
     md = ["| bar | figure | threshold | result |", "|---|---|---|---|"]
     md += [f"| {r['bar']} | {_fmt(r['figure'])} | {r['threshold']} | {r['result']} |" for r in rows]
-    md.append(f"| count_at_4x (reported) | {_fmt(figures['count_at_4x'])} | - | - |")
+    md += [f"| {k} (reported) | {_fmt(figures[k])} | - | - |" for k in extras]
     table = "\n".join(md) + f"\n\noverall: **{overall}**\n"
     ctx.path("results.md").write_text(table)
     if p.update_card:

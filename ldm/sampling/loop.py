@@ -41,6 +41,7 @@ class SamplerConfig:
     prediction_type: Literal["eps", "v"] = "eps"  # what the model returns; "v" for SD 2.x v-models
     sdedit_ref_alpha0: bool = False  # SDEdit start divides alpha_bar by alpha_bar_0 = 0.99915, as the reference does
     progress: bool = True  # tqdm bar over the denoising calls
+    zero_mean_init: bool = False  # departure: start noise with per-channel spatial mean 0 and std 1 (see zero_mean)
 
     def __post_init__(self) -> None:
         if self.eta < 0:
@@ -132,6 +133,17 @@ def _levels(config: SamplerConfig, alpha_bar: torch.Tensor, batch: int, device: 
     return levels
 
 
+def zero_mean(noise: torch.Tensor) -> torch.Tensor:
+    """Noise `[B, C, h, w]` with each channel's spatial mean removed and its spatial std set to 1.
+
+    The start noise's per-channel mean has std 1/sqrt(h*w): 1/64 for SD's 64x64 latents, 1/16 for the toy world's
+    16x16 ones, where it is as large as the signal left at t = T and sets the colour of the whole image (the
+    toy model's backgrounds come out saturated). Off by default; measured in `+experiment=toy_quality`.
+    """
+    centred = noise - noise.mean(dim=(2, 3), keepdim=True)
+    return centred / centred.std(dim=(2, 3), keepdim=True)
+
+
 def _start_latent(source, n_run: int, levels: list[_Level], noise: torch.Tensor, config, alpha_bar):
     """x at the first step: pure noise (strength 1) or the source noised to the SDEdit start level."""
     if config.strength == 1.0:
@@ -195,7 +207,8 @@ def sample(
         return source.clone()  # strength 0: no diffusion, as the reference (used by its decoder re-decode)
     ops = repaint_schedule(n_run, config.repaint_steps, config.repaint_jump)
     # 3. Start latent and the guided eps function
-    x = _start_latent(source, n_run, levels, noise.draw("init"), config, alpha_bar)  # [B, C, h, w]
+    init = noise.draw("init")
+    x = _start_latent(source, n_run, levels, zero_mean(init) if config.zero_mean_init else init, config, alpha_bar)
     eps_fn = guided_model(model, context, uncond_context, config.guidance_scale)
     if mask is not None:
         mask = mask.to(device, torch.float32)

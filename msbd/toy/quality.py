@@ -94,8 +94,9 @@ def measure_vae(bundle, n: int = 64, size: int = 128) -> dict:
 
 @torch.no_grad()
 def text_to_image(bundle, prompts: list[str], size: int, seed: int, steps: int = 50, guidance: float = 7.5,
-                  batch: int = 8) -> list[np.ndarray]:
-    """Plain DDIM text-to-image samples (uint8) at `size` px, one generator per prompt."""
+                  batch: int = 8, zero_mean_init: bool = False) -> list[np.ndarray]:
+    """Plain DDIM text-to-image samples (uint8) at `size` px, one generator per prompt (`zero_mean_init`: the
+    sampler's departure that starts from noise with zero per-channel mean, for a side-by-side figure)."""
     from ldm.sampling import SamplerConfig, sample
     from msbd.models import denoiser
     from msbd.pipeline import generator
@@ -104,7 +105,8 @@ def text_to_image(bundle, prompts: list[str], size: int, seed: int, steps: int =
     images = []
     for start in range(0, len(prompts), batch):
         chunk = prompts[start:start + batch]
-        z = sample(denoiser(bundle), SamplerConfig(num_steps=steps, guidance_scale=guidance, progress=False),
+        config = SamplerConfig(num_steps=steps, guidance_scale=guidance, progress=False, zero_mean_init=zero_mean_init)
+        z = sample(denoiser(bundle), config,
                    generators=[generator(seed, 7, start + k) for k in range(len(chunk))],
                    context=bundle.encode_text(chunk), uncond_context=uncond, shape=(len(chunk), c, size // f, size // f))
         for k in range(len(chunk)):
@@ -112,15 +114,20 @@ def text_to_image(bundle, prompts: list[str], size: int, seed: int, steps: int =
     return images
 
 
-def measure_t2i(bundle, n: int = 64, size: int = 128, seed: int = 0, steps: int = 50, guidance: float = 7.5
-                ) -> tuple[dict, list[np.ndarray]]:
-    """Colour / shape / one-object accuracy of text-to-image at `size` px over n held-out single-object prompts."""
+def measure_t2i(bundle, n: int = 64, size: int = 128, seed: int = 0, steps: int = 50, guidance: float = 7.5,
+                zero_mean_init: bool = False) -> tuple[dict, list[np.ndarray]]:
+    """Colour / shape / one-object accuracy of text-to-image at `size` px over n held-out single-object prompts.
+
+    With zero_mean_init the keys end in `_zero_mean_init` (a reported variant, not the bars' plain DDIM)."""
     prompts = single_object_prompts(n)
-    images = text_to_image(bundle, [p for p, _, _ in prompts], size, seed, steps, guidance)
+    images = text_to_image(bundle, [p for p, _, _ in prompts], size, seed, steps, guidance,
+                           zero_mean_init=zero_mean_init)
     oks = [judge_generation(im, colour).ok(colour, shape) for im, (_, colour, shape) in zip(images, prompts)]
-    return {"t2i_colour_acc": float(np.mean([o["colour_ok"] for o in oks])),
-            "t2i_shape_acc": float(np.mean([o["shape_ok"] for o in oks])),
-            "t2i_one_object": float(np.mean([o["one_object"] for o in oks])), "t2i_n": n}, images
+    suffix = "_zero_mean_init" if zero_mean_init else ""
+    figures = {"t2i_colour_acc": float(np.mean([o["colour_ok"] for o in oks])),
+               "t2i_shape_acc": float(np.mean([o["shape_ok"] for o in oks])),
+               "t2i_one_object": float(np.mean([o["one_object"] for o in oks]))}
+    return {**{k + suffix: v for k, v in figures.items()}, "t2i_n": n}, images
 
 
 def measure_count_at(bundle, scale: int = 4, n: int = 8, seed: int = 0, steps: int = 50, guidance: float = 7.5

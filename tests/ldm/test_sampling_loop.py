@@ -224,3 +224,21 @@ def test_invalid_config_raises():
         SamplerConfig(background_level="next")
     with pytest.raises(ValueError, match="uncond_context"):
         sample(fake_eps, cfg(), generators=gens(1), context=torch.ones(1, 3, 8), shape=(1, 4, 8, 8))
+
+
+def test_zero_mean_init_centres_only_the_start_noise(context):
+    from ldm.sampling.loop import zero_mean
+    noise = torch.randn(3, 4, 16, 16) + 0.5
+    centred = zero_mean(noise)
+    torch.testing.assert_close(centred.mean(dim=(2, 3)), torch.zeros(3, 4), rtol=0, atol=1e-6)
+    torch.testing.assert_close(centred.std(dim=(2, 3)), torch.ones(3, 4), rtol=0, atol=1e-5)
+    starts = {}
+    for flag in (False, True):
+        def first_call(x, t, ctx, flag=flag):
+            starts.setdefault(flag, x[:1].clone())
+            return fake_eps(x, t, ctx)
+        sample(first_call, cfg(zero_mean_init=flag, eta=0.0, guidance_scale=1.0), generators=gens(7), shape=(1, 4, 8, 8),
+               context=context[0][:1])
+    plain = SampleNoise(gens(7), (1, 4, 8, 8)).draw("init")
+    torch.testing.assert_close(starts[False], plain, rtol=0, atol=0)           # default: the plain Gaussian draw
+    torch.testing.assert_close(starts[True], zero_mean(plain), rtol=0, atol=0)  # option: the same draw, centred
