@@ -76,7 +76,8 @@ def validate(cfg: DictConfig) -> None:
         if not cfg[stage].max_minutes > 0:
             raise ValueError(f"{stage}.max_minutes must be positive, got {cfg[stage].max_minutes}")
         if stage != "vae" and cfg[stage].max_steps < (1 if stage != "ldm" else 0):
-            raise ValueError(f"{stage}.max_steps must be positive, got {cfg[stage].max_steps}")
+            bound = ">= 0 (0: no step limit)" if stage == "ldm" else "positive"
+            raise ValueError(f"{stage}.max_steps must be {bound}, got {cfg[stage].max_steps}")
     for build in (vae_config, ldm_config, clip_config, sr_config):
         config = build(cfg)                         # the dataclasses check their own values; here: their types
         for f in dataclasses.fields(config):
