@@ -34,7 +34,7 @@ from msbd.toy import presets  # noqa: E402
 from msbd.toy.data import images_to_tensor, render_cache, seed_range  # noqa: E402
 from msbd.toy.train_ldm import (  # noqa: E402
     ImageCropDataset, LatentCaptionDataset, LDMLitModule, LDMTrainConfig, VAELitModule, VAETrainConfig,
-    latent_scale_factor,
+    latent_scale_factor, round_scale,
 )
 
 
@@ -158,7 +158,7 @@ def encode_latents(vae_path: str, cache, stage_dir: str) -> tuple[torch.Tensor, 
     out = os.path.join(stage_dir, "latents.safetensors")
     if os.path.exists(out) and os.path.getmtime(out) > os.path.getmtime(vae_path):
         saved = load_file(out)
-        return saved["latents"], float(f"{float(saved['scale']):.5g}")    # stored as float32: re-round
+        return saved["latents"], round_scale(saved["scale"])              # stored as float32: re-round
     from ldm.models.autoencoder import AutoencoderKL
     vae = AutoencoderKL(presets.TOY_VAE).eval()
     vae.load_state_dict(load_file(vae_path))

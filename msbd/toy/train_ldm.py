@@ -174,7 +174,12 @@ class LDMLitModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
+def round_scale(value: float) -> float:
+    """A latent scale factor rounded to 5 significant digits (also undoes a float32 round trip)."""
+    return float(f"{float(value):.5g}")
+
+
 def latent_scale_factor(latents: torch.Tensor) -> float:
     """1 / std of unscaled latents, the way SD's 0.18215 was computed (rounded to 5 digits)."""
-    return float(f"{1.0 / latents.float().std().item():.5g}")
+    return round_scale(1.0 / latents.float().std().item())
 
