@@ -60,7 +60,8 @@ def clip_config(cfg: DictConfig):
 def sr_config(cfg: DictConfig):
     from msbd.toy.sr_model import SRTrainConfig
     return SRTrainConfig(max_steps=cfg.sr.max_steps, clean_prob=cfg.sr.clean_prob, patch=cfg.sr.patch,
-                         batch_size=cfg.sr.batch_size, lr=cfg.sr.lr)
+                         batch_size=cfg.sr.batch_size, lr=cfg.sr.lr,
+                         edge_prob=cfg.sr.edge_prob)
 
 
 def validate(cfg: DictConfig) -> None:

@@ -77,7 +77,9 @@ def write_model_card(run_dir: str | os.PathLike, export_dir: str | os.PathLike, 
               f"* SR: HR renders at sizes {sr_m.get('config', {}).get('sizes', 'n/a')} with the Real-ESRGAN "
               "first-order degradation (blur, bicubic x4, noise, JPEG)"
               + (f", a share {sr_m['config']['clean_prob']} of plain bicubic x4 (`clean_prob`)"
-                 if sr_m.get("config", {}).get("clean_prob") else "") + ", pixel L1.",
+                 if sr_m.get("config", {}).get("clean_prob") else "")
+              + (f", a share {sr_m['config']['edge_prob']} of HR patches centred on object outlines (`edge_prob`)"
+                 if sr_m.get("config", {}).get("edge_prob") else "") + ", pixel L1.",
               "* Every evaluation uses held-out seeds (10^6 and up), never seen in training.", "",
               "## Command and time", "", f"    {command}", "",
               "| stage | steps | training minutes (total) | last metric |", "|---|---|---|---|"]

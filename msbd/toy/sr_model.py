@@ -132,12 +132,15 @@ class SRTrainConfig:
     max_steps: int = 2000                         # schedule length; training also stops at max_minutes
     eval_n: int = 16
     clean_prob: float = 0.0                       # share of plain bicubic-AA LR patches (the evaluation's LR)
+    edge_prob: float = 0.0                        # share of patches centred on an object outline (else uniform)
 
     def __post_init__(self) -> None:
         if len(self.sizes) != len(self.n_scenes) or not self.sizes:
             raise ValueError(f"sizes and n_scenes must pair up, got {self.sizes} and {self.n_scenes}")
         if not 0.0 <= self.clean_prob <= 1.0:
             raise ValueError(f"clean_prob must lie in [0, 1], got {self.clean_prob}")
+        if not 0.0 <= self.edge_prob <= 1.0:
+            raise ValueError(f"edge_prob must lie in [0, 1], got {self.edge_prob}")
         if self.patch % 4 or self.patch > min(self.sizes):
             raise ValueError(f"patch must be divisible by 4 and fit in every render, got {self.patch}")
 
@@ -156,7 +159,7 @@ def train_sr(out_dir: str, max_minutes: float, seed: int, config: SRTrainConfig 
         caches.append(render_cache(cache_dir, seed_range("train", n, offset), size).images)
         offset += n
     dataset = SRPatches(caches, config.patch, length=config.max_steps * config.batch_size, seed=seed,
-                        config=DegradationConfig(clean_prob=config.clean_prob))
+                        config=DegradationConfig(clean_prob=config.clean_prob), edge_prob=config.edge_prob)
     loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, shuffle=False, drop_last=True)
     # 2. fit (time-boxed, resumable)
     module = SRLitModule(lr=config.lr, warmup_steps=config.warmup_steps, max_steps=config.max_steps)

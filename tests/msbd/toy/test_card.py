@@ -6,7 +6,7 @@ import pytest
 from msbd.toy.card import QUALITY_BEGIN, QUALITY_END, replace_quality, write_model_card
 
 
-def _run_dir(tmp_path, clean_prob=None):
+def _run_dir(tmp_path, clean_prob=None, edge_prob=None):
     run = tmp_path / "run"
     (run / "clip").mkdir(parents=True)
     (run / "sr").mkdir()
@@ -15,6 +15,7 @@ def _run_dir(tmp_path, clean_prob=None):
     (run / "clip" / "metrics.json").write_text(json.dumps({"steps": 2177, "top1_retrieval": 0.865,
                                                            "config": {"n_train": 456}}))
     sr_config = {"sizes": [256, 512]} | ({} if clean_prob is None else {"clean_prob": clean_prob})
+    sr_config |= {} if edge_prob is None else {"edge_prob": edge_prob}
     (run / "sr" / "metrics.json").write_text(json.dumps({"steps": 846, "gain_db": -0.871, "config": sr_config}))
     out = tmp_path / "out"
     out.mkdir()
@@ -28,7 +29,7 @@ def test_card_reports_the_run_and_keeps_measured_quality(tmp_path):
     assert "| clip | 2177 | None | held-out top-1 retrieval: 0.865 |" in text
     assert "held-out PSNR gain over bicubic (dB): -0.871" in text
     assert "123 scenes rendered at 128 px" in text and "CLIP: 456 training renders" in text
-    assert "clean_prob" not in text                          # the option was not used
+    assert "clean_prob" not in text and "edge_prob" not in text   # the options were not used
     measured = replace_quality(text, "| vae_psnr_db | 29.3 | >= 27 | PASS |")
     (out / "MODEL_CARD.md").write_text(measured)
     again = write_model_card(run, out, "python scripts/train_toy.py x=2").read_text()
@@ -39,6 +40,12 @@ def test_card_reports_the_run_and_keeps_measured_quality(tmp_path):
 def test_card_names_clean_prob_when_used(tmp_path):
     run, out = _run_dir(tmp_path, clean_prob=0.5)
     assert "a share 0.5 of plain bicubic x4 (`clean_prob`)" in write_model_card(run, out, "cmd").read_text()
+
+
+def test_card_names_edge_prob_when_used(tmp_path):
+    run, out = _run_dir(tmp_path, edge_prob=0.5)
+    text = write_model_card(run, out, "cmd").read_text()
+    assert "a share 0.5 of HR patches centred on object outlines (`edge_prob`)" in text and "clean_prob" not in text
 
 
 def test_replace_quality_needs_markers():

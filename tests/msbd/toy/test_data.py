@@ -4,8 +4,9 @@ import pytest
 import scipy.ndimage
 import torch
 
-from msbd.toy.data import (HELDOUT_SEEDS, MILDEST, TRAIN_SEEDS, DegradationConfig, SRPatches, degrade,
-                           gaussian_blur, jpeg_roundtrip, render_cache, resize_area, seed_range, to_uint8)
+from msbd.toy.data import (HELDOUT_SEEDS, MILDEST, TRAIN_SEEDS, DegradationConfig, SRPatches, degrade, edge_crop,
+                           gaussian_blur, jpeg_roundtrip, object_edge_points, render_cache, resize_area, seed_range,
+                           to_uint8)
 
 
 class CountingRenderer:
@@ -151,3 +152,42 @@ def test_sr_patches_are_deterministic_pairs():
     torch.testing.assert_close(hr, hr2, rtol=0, atol=0)
     torch.testing.assert_close(lr, lr2, rtol=0, atol=0)
     assert not torch.equal(dataset[3][1], hr)                     # another index, another crop
+
+
+def _square_scene() -> np.ndarray:
+    image = np.full((64, 64, 3), 120, np.uint8)                  # grey background (chroma 0)
+    image[20:30, 40:50] = (255, 0, 0)                            # a saturated 10 x 10 square
+    return image
+
+
+def test_object_edge_points_lie_on_the_outline():
+    points = object_edge_points(_square_scene())
+    assert len(points) == 36                                     # the 10 x 10 square's border pixels
+    rows, cols = points[:, 0], points[:, 1]
+    assert set(rows) <= set(range(20, 30)) and set(cols) <= set(range(40, 50))
+    assert ((rows == 20) | (rows == 29) | (cols == 40) | (cols == 49)).all()
+    assert len(object_edge_points(_square_scene(), max_points=8)) == 8
+    assert len(object_edge_points(np.full((8, 8, 3), 90, np.uint8))) == 0      # no object, no points
+
+
+def test_edge_crop_contains_the_outline_point():
+    image, rng = _square_scene(), np.random.default_rng(0)
+    points = object_edge_points(image)
+    for _ in range(20):
+        crop = edge_crop(image, 16, points, rng)
+        assert crop.shape == (16, 16, 3)
+        assert (crop == (255, 0, 0)).all(axis=-1).any()          # within a quarter patch of an outline pixel
+    with pytest.raises(ValueError, match="does not fit"):
+        edge_crop(image, 65, points, rng)
+
+
+def test_edge_prob_draws_patches_on_object_outlines():
+    cache = _square_scene()[None]
+    def red_share(dataset):
+        return np.mean([bool(((dataset[i][1][0] == 1) & (dataset[i][1][1] == 0)).any()) for i in range(40)])
+    uniform = SRPatches([cache], patch=16, length=40, seed=0)
+    edges = SRPatches([cache], patch=16, length=40, seed=0, edge_prob=1.0)
+    assert red_share(edges) == 1.0 and red_share(uniform) < 0.6   # uniform: (16 + 9)^2 / 49^2 of positions touch it
+    with pytest.raises(ValueError, match="edge_prob"):
+        SRPatches([cache], patch=16, length=4, seed=0, edge_prob=1.5)
+    torch.testing.assert_close(SRPatches([cache], patch=16, length=4, seed=0, edge_prob=0.0)[3][1], uniform[3][1])
