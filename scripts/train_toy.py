@@ -43,7 +43,8 @@ STAGES = ("vae", "ldm", "clip", "sr")
 
 def vae_config(cfg: DictConfig) -> VAETrainConfig:
     return VAETrainConfig(lr=cfg.vae.lr, kl_weight=cfg.vae.kl_weight, edge_weight=cfg.vae.edge_weight,
-                          crop=cfg.vae.crop, batch_size=cfg.vae.batch_size)
+                          crop=cfg.vae.crop, batch_size=cfg.vae.batch_size,
+                          equivariance_weight=cfg.vae.equivariance_weight)
 
 
 def ldm_config(cfg: DictConfig) -> LDMTrainConfig:
@@ -74,11 +75,17 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"need threads >= 1, data.n_train >= 1 and data.size divisible by 8, got {cfg.threads}, "
                          f"{cfg.data.n_train}, {cfg.data.size}")
     for stage in cfg.stages:
+        if stage == "vae" and cfg.vae.init and cfg.vae.max_minutes == 0:
+            continue                                # vae.init taken as it is
         if not cfg[stage].max_minutes > 0:
-            raise ValueError(f"{stage}.max_minutes must be positive, got {cfg[stage].max_minutes}")
+            raise ValueError(f"{stage}.max_minutes must be positive, got {cfg[stage].max_minutes}"
+                             + (" (0 only with vae.init)" if stage == "vae" else ""))
         if stage != "vae" and cfg[stage].max_steps < (1 if stage != "ldm" else 0):
             bound = ">= 0 (0: no step limit)" if stage == "ldm" else "positive"
             raise ValueError(f"{stage}.max_steps must be {bound}, got {cfg[stage].max_steps}")
+    for stage in ("vae", "ldm"):
+        if cfg[stage].init and stage in cfg.stages and not os.path.isfile(cfg[stage].init):
+            raise ValueError(f"{stage}.init: no such file {cfg[stage].init}")
     for build in (vae_config, ldm_config, clip_config, sr_config):
         config = build(cfg)                         # the dataclasses check their own values; here: their types
         for f in dataclasses.fields(config):
@@ -145,11 +152,20 @@ def train_vae(cfg: DictConfig, cache, card: dict) -> str:
         return out
     tc = vae_config(cfg)
     module = VAELitModule(presets.TOY_VAE, tc)
+    resuming = os.path.exists(os.path.join(stage_dir, "last.ckpt"))
+    if cfg.vae.init and not resuming:
+        warm_start(module, cfg.vae.init)
+    if cfg.vae.init and cfg.vae.max_minutes == 0 and not resuming:   # take the VAE as it is
+        os.makedirs(stage_dir, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in module.vae.state_dict().items()}, out)
+        card["vae"] = {"init": cfg.vae.init, "minutes_last_call": 0.0}
+        return out
     loader = DataLoader(ImageCropDataset(cache.images, tc.crop), batch_size=tc.batch_size, shuffle=True,
                         drop_last=True)
     minutes = _fit(module, loader, stage_dir, cfg.vae.max_minutes)
     save_file({k: v.contiguous() for k, v in module.vae.state_dict().items()}, out)
-    card["vae"] = {"minutes_last_call": round(minutes, 1), "train_psnr_last": _last_metric(stage_dir, "psnr")}
+    card["vae"] = {"minutes_last_call": round(minutes, 1), "train_psnr_last": _last_metric(stage_dir, "psnr"),
+                   "init": cfg.vae.init, "equivariance_weight": tc.equivariance_weight}
     return out
 
 
@@ -171,6 +187,27 @@ def encode_latents(vae_path: str, cache, stage_dir: str) -> tuple[torch.Tensor, 
     return latents, scale
 
 
+def compvis_part(path: str, prefix: str) -> dict[str, torch.Tensor]:
+    """The float32 tensors under `prefix` of a CompVis-layout file (such as the shipped toy-ldm.safetensors)."""
+    part = {k[len(prefix):]: v.float() for k, v in load_file(path).items() if k.startswith(prefix)}
+    if not part:
+        raise ValueError(f"{path} holds no {prefix}* weights")
+    return part
+
+
+def warm_start(module: pl.LightningModule, path: str) -> None:
+    """Load weights from a CompVis-layout file: the VAE (`VAELitModule`), or the UNet and text encoder with their
+    EMA copies (`LDMLitModule`). The optimiser starts fresh (a new warm-up) and the step count at 0."""
+    if isinstance(module, VAELitModule):
+        module.vae.load_state_dict(compvis_part(path, "first_stage_model."))
+        return
+    for prefix, parts in (("model.diffusion_model.", (module.unet, module.ema_unet)),
+                          ("cond_stage_model.transformer.", (module.text_encoder, module.ema_text))):
+        state = compvis_part(path, prefix)
+        for m in parts:
+            m.load_state_dict(state)
+
+
 def train_ldm(cfg: DictConfig, cache, latents: torch.Tensor, scale: float, card: dict) -> str:
     stage_dir = os.path.join(cfg.run_dir, "ldm")
     out = os.path.join(stage_dir, "ldm.safetensors")
@@ -181,13 +218,16 @@ def train_ldm(cfg: DictConfig, cache, latents: torch.Tensor, scale: float, card:
     empty_ids = tokenizer([""])[0]
     tc = ldm_config(cfg)
     module = LDMLitModule(presets.TOY_UNET, presets.TOY_TEXT, tc)
+    if cfg.ldm.init and not os.path.exists(os.path.join(stage_dir, "last.ckpt")):
+        warm_start(module, cfg.ldm.init)
     dataset = LatentCaptionDataset(latents * scale, token_ids, empty_ids, tc.caption_dropout)
     loader = DataLoader(dataset, batch_size=tc.batch_size, shuffle=True, drop_last=True)
     minutes = _fit(module, loader, stage_dir, cfg.ldm.max_minutes, tc.max_steps)
     state = {f"model.diffusion_model.{k}": v for k, v in module.ema_unet.state_dict().items()}
     state.update({f"cond_stage_model.transformer.{k}": v for k, v in module.ema_text.state_dict().items()})
     save_file({k: v.contiguous() for k, v in state.items()}, out)
-    card["ldm"] = {"minutes_last_call": round(minutes, 1), "train_loss_last": _last_metric(stage_dir, "loss")}
+    card["ldm"] = {"minutes_last_call": round(minutes, 1), "train_loss_last": _last_metric(stage_dir, "loss"),
+                   "init": cfg.ldm.init}
     return out
 
 

@@ -46,8 +46,23 @@ def _read(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def _stage_rows(card_text: str) -> dict[str, str]:
+    """The rows of an existing card's stage table, by stage name."""
+    rows = {}
+    for line in card_text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and len(cells) == 4 and cells[0] in ("vae", "ldm", "clip", "sr"):
+            rows[cells[0]] = line
+    return rows
+
+
 def write_model_card(run_dir: str | os.PathLike, export_dir: str | os.PathLike, command: str) -> Path:
+    """Write export_dir/MODEL_CARD.md; a stage with nothing in run_dir (trained elsewhere, e.g. before a fresh
+    clone) keeps its row of the stage table from the existing card, and measured quality figures are kept."""
     run, out = Path(run_dir), Path(export_dir)
+    path = out / "MODEL_CARD.md"
+    old = path.read_text() if path.exists() else ""
+    previous_rows = _stage_rows(old)
     card = _read(run / "card.json")
     cfg = card.get("config", {})
     ldm_file, clip_file, sr_file = out / "toy-ldm.safetensors", out / "toy-clip.safetensors", out / "toy-sr-x4.safetensors"
@@ -89,14 +104,22 @@ def write_model_card(run_dir: str | os.PathLike, export_dir: str | os.PathLike, 
                                        ("sr", sr_m, "gain_db", "held-out PSNR gain over bicubic (dB)")):
         steps, minutes = _progress(run / stage / "last.ckpt")
         value = metrics.get(key)
+        if metrics.get("steps", steps) is None and minutes is None and value is None and stage in previous_rows:
+            lines.append(previous_rows[stage])          # not trained in this run directory: keep the shipped row
+            continue
         lines.append(f"| {stage} | {metrics.get('steps', steps)} | {minutes} | {label}: "
                      f"{'n/a' if value is None else f'{value:.3f}'} |")
+    for stage in ("vae", "ldm"):
+        if card.get(stage, {}).get("init"):
+            lines += ["", f"The {stage} stage was warm-started from `{card[stage]['init']}`: its steps and minutes above "
+                      "count only this run, the earlier training of those weights is not included."]
+    if card.get("vae", {}).get("equivariance_weight"):
+        lines += ["", f"The VAE loss includes the scale-equivariance term with weight "
+                  f"{card['vae']['equivariance_weight']} (`vae.equivariance_weight`)."]
     lines += ["", "Training resumes from `train_runs/toy/<stage>/last.ckpt` when run again; budgets are totals.", "",
               "## Quality bars", "", QUALITY_BEGIN,
               "Not measured yet: `python scripts/run.py +experiment=toy_quality toy_quality.update_card=true`.",
               QUALITY_END, ""]
-    path = out / "MODEL_CARD.md"
-    old = path.read_text() if path.exists() else ""
     text = "\n".join(lines)
     if QUALITY_BEGIN in old:                                   # keep measured quality figures
         text = replace_quality(text, old.split(QUALITY_BEGIN)[1].split(QUALITY_END)[0].strip("\n"))

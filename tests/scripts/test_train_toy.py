@@ -3,6 +3,7 @@ import importlib.util
 import os
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -20,7 +21,10 @@ def train_toy():
     ("ldm.snr_gamma=-1", "snr_gamma"), ("ldm.decay_start=9000 ldm.max_steps=6800", "decay_start"),
     ("ldm.max_steps=-5", "ldm.max_steps must be >= 0"), ("sr.clean_prob=2", "clean_prob"),
     ("clip.max_minutes=0", "clip.max_minutes"), ("sr.max_steps=0", "sr.max_steps"), ("vae.batch_size=1.5", "batch_size"),
-    ("ldm.nope=1", "nope"), ("threads=0", "threads"),
+    ("ldm.nope=1", "nope"), ("threads=0", "threads"), ("ldm.init=/no/such.safetensors", "ldm.init: no such file"),
+    ("vae.init=/no/such.safetensors", "vae.init: no such file"), ("vae.max_minutes=0", "0 only with vae.init"),
+    ("vae.equivariance_weight=-1", "equivariance_weight"),
+    ("sr.edge_prob=-0.1", "edge_prob"),
 ])
 def test_bad_options_give_one_error_line(train_toy, capsys, override, words):
     with pytest.raises(SystemExit) as exit_info:
@@ -34,3 +38,25 @@ def test_default_config_passes(train_toy, capsys):
     train_toy.precheck([])                         # no SystemExit
     train_toy.precheck(["stages=[clip]", "clip.max_minutes=22"])
     assert capsys.readouterr().err == ""
+
+
+def test_warm_start_loads_the_vae_or_the_unet_and_text_encoder(train_toy):
+    from safetensors.torch import load_file
+
+    from msbd.toy import presets
+    from msbd.toy.train_ldm import LDMLitModule, LDMTrainConfig
+    module = LDMLitModule(presets.TOY_UNET, presets.TOY_TEXT, LDMTrainConfig())
+    train_toy.warm_start(module, presets.LDM_WEIGHTS)
+    shipped = load_file(presets.LDM_WEIGHTS)
+    for name, part in (("model.diffusion_model.out.2.weight", module.unet.out[2].weight),
+                       ("model.diffusion_model.out.2.weight", module.ema_unet.out[2].weight),
+                       ("cond_stage_model.transformer.text_model.final_layer_norm.weight",
+                        module.ema_text.text_model.final_layer_norm.weight)):
+        torch.testing.assert_close(part, shipped[name].float(), rtol=0, atol=0)
+    from msbd.toy.train_ldm import VAELitModule, VAETrainConfig
+    vae = VAELitModule(presets.TOY_VAE, VAETrainConfig())
+    train_toy.warm_start(vae, presets.LDM_WEIGHTS)
+    torch.testing.assert_close(vae.vae.decoder.conv_out.weight, shipped["first_stage_model.decoder.conv_out.weight"].float(),
+                               rtol=0, atol=0)
+    with pytest.raises(ValueError, match="holds no first_stage_model"):
+        train_toy.compvis_part(presets.SR_WEIGHTS, "first_stage_model.")

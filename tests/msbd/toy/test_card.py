@@ -42,6 +42,28 @@ def test_card_names_clean_prob_when_used(tmp_path):
     assert "a share 0.5 of plain bicubic x4 (`clean_prob`)" in write_model_card(run, out, "cmd").read_text()
 
 
+def test_stages_absent_from_the_run_keep_their_rows(tmp_path):
+    run, out = _run_dir(tmp_path)
+    shipped = "| ldm | 3200 | 48.7 | train_loss_last: 0.077 |"
+    (out / "MODEL_CARD.md").write_text(f"| stage | steps | minutes | metric |\n|---|---|---|---|\n{shipped}\n"
+                                       "| clip | 1 | 1.0 | held-out top-1 retrieval: 0.1 |\n")
+    text = write_model_card(run, out, "cmd").read_text()
+    assert shipped in text                                   # nothing about the UNet in run/: the old row stays
+    assert "| clip | 2177 | None | held-out top-1 retrieval: 0.865 |" in text     # measured in run/: replaced
+    assert "| sr | 846 | None | held-out PSNR gain over bicubic (dB): -0.871 |" in text   # no old row: measured
+
+
+def test_card_names_warm_starts_and_the_equivariance_term(tmp_path):
+    run, out = _run_dir(tmp_path)
+    (run / "card.json").write_text(json.dumps({"vae": {"init": "old.safetensors", "equivariance_weight": 0.5},
+                                               "ldm": {"init": ""}}))
+    text = write_model_card(run, out, "cmd").read_text()
+    assert "The vae stage was warm-started from `old.safetensors`" in text and "The ldm stage" not in text
+    assert "scale-equivariance term with weight 0.5" in text
+    plain = write_model_card(*_run_dir(tmp_path / "b"), "cmd").read_text()
+    assert "warm-started" not in plain and "equivariance" not in plain
+
+
 def test_card_names_edge_prob_when_used(tmp_path):
     run, out = _run_dir(tmp_path, edge_prob=0.5)
     text = write_model_card(run, out, "cmd").read_text()

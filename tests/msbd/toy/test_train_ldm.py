@@ -28,6 +28,31 @@ def test_vae_module_overfits_one_batch():
     assert losses[-1] < 0.7 * losses[0]
 
 
+def test_vae_equivariance_term_trains_the_pooled_latent_decode():
+    torch.manual_seed(0)
+    cfg = get_preset("tiny-test").vae
+    ramp = torch.linspace(-0.8, 0.8, 32)
+    image = torch.stack([ramp.view(1, -1) * ramp.view(-1, 1), ramp.view(1, -1).expand(32, 32), -ramp.view(-1, 1).expand(32, 32)])
+    image = image.expand(2, 3, 32, 32).contiguous()
+
+    def pooled_error(module):
+        with torch.no_grad():
+            z = module.vae.encode_moments(image)[0]
+            return torch.nn.functional.l1_loss(module.vae.decode(torch.nn.functional.avg_pool2d(z, 2)),
+                                               torch.nn.functional.avg_pool2d(image, 2)).item()
+
+    errors = {}
+    for weight in (0.0, 1.0):
+        torch.manual_seed(0)
+        module = VAELitModule(cfg, VAETrainConfig(lr=2e-3, equivariance_weight=weight))
+        start = pooled_error(module)
+        _steps(module, image, module.configure_optimizers(), 30)
+        errors[weight] = pooled_error(module) / start
+    assert errors[1.0] < 0.8 * errors[0.0], errors       # the term is what lowers the pooled-latent error
+    with pytest.raises(ValueError, match="equivariance_weight"):
+        VAETrainConfig(equivariance_weight=-1)
+
+
 def test_ldm_module_overfits_one_batch_and_tracks_ema():
     torch.manual_seed(0)
     cfg = get_preset("tiny-test")
