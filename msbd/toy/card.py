@@ -58,13 +58,17 @@ def _stage_rows(card_text: str) -> dict[str, str]:
 
 def write_model_card(run_dir: str | os.PathLike, export_dir: str | os.PathLike, command: str) -> Path:
     """Write export_dir/MODEL_CARD.md; a stage with nothing in run_dir (trained elsewhere, e.g. before a fresh
-    clone) keeps its row of the stage table from the existing card, and measured quality figures are kept."""
+    clone) keeps its row of the stage table from the existing card, and then the card's data lines that this run
+    cannot fill and its command (this run's command is appended with "; then"). Measured quality figures are kept.
+    """
     run, out = Path(run_dir), Path(export_dir)
     path = out / "MODEL_CARD.md"
     old = path.read_text() if path.exists() else ""
     previous_rows = _stage_rows(old)
     card = _read(run / "card.json")
     cfg = card.get("config", {})
+    if "latent_scale" not in card and (out / "toy-ldm.json").exists():    # the VAE was not trained in run_dir
+        card["latent_scale"] = _read(out / "toy-ldm.json").get("scale_factor", "n/a")
     ldm_file, clip_file, sr_file = out / "toy-ldm.safetensors", out / "toy-clip.safetensors", out / "toy-sr-x4.safetensors"
     clip_m, sr_m = _read(run / "clip" / "metrics.json"), _read(run / "sr" / "metrics.json")
     lines = ["# Model card: the embedded toy world", "",
@@ -120,6 +124,16 @@ def write_model_card(run_dir: str | os.PathLike, export_dir: str | os.PathLike, 
               "## Quality bars", "", QUALITY_BEGIN,
               "Not measured yet: `python scripts/run.py +experiment=toy_quality toy_quality.update_card=true`.",
               QUALITY_END, ""]
+    kept = [stage for stage, row in previous_rows.items() if row in lines]
+    if kept:                                    # a partial run: keep what the card said about the other stages
+        old_lines = old.splitlines()
+        for i, line in enumerate(lines):
+            if line.startswith("* ") and "n/a" in line:
+                same = [o for o in old_lines if o.startswith(line.split(":")[0] + ":")]
+                lines[i] = same[0] if same else line
+        commands = [o for o in old_lines if o.startswith("    python ")]
+        if commands:
+            lines[lines.index(f"    {command}")] = f"{commands[0]}; then {command}"
     text = "\n".join(lines)
     if QUALITY_BEGIN in old:                                   # keep measured quality figures
         text = replace_quality(text, old.split(QUALITY_BEGIN)[1].split(QUALITY_END)[0].strip("\n"))

@@ -53,6 +53,19 @@ def test_stages_absent_from_the_run_keep_their_rows(tmp_path):
     assert "| sr | 846 | None | held-out PSNR gain over bicubic (dB): -0.871 |" in text   # no old row: measured
 
 
+def test_partial_run_keeps_data_lines_command_and_scale(tmp_path):
+    run, out = _run_dir(tmp_path)
+    (run / "card.json").write_text(json.dumps({"vae": {"train_psnr_last": 25.5}}))      # no data config, no scale
+    (out / "toy-ldm.json").write_text(json.dumps({"scale_factor": 0.35816}))
+    (out / "MODEL_CARD.md").write_text("* VAE and UNet + text encoder: 16000 scenes rendered at 128 px\n"
+                                       "    python scripts/train_toy.py vae.max_minutes=40\n"
+                                       "| ldm | 3200 | 48.7 | train_loss_last: 0.077 |\n")
+    text = write_model_card(run, out, "python scripts/train_toy.py stages=[sr]").read_text()
+    assert "latent scale factor 0.35816" in text
+    assert "* VAE and UNet + text encoder: 16000 scenes rendered at 128 px" in text and "n/a scenes" not in text
+    assert "    python scripts/train_toy.py vae.max_minutes=40; then python scripts/train_toy.py stages=[sr]" in text
+
+
 def test_card_names_warm_starts_and_the_equivariance_term(tmp_path):
     run, out = _run_dir(tmp_path)
     (run / "card.json").write_text(json.dumps({"vae": {"init": "old.safetensors", "equivariance_weight": 0.5},
