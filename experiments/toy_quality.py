@@ -2,7 +2,8 @@
 
 Prints one row per bar (figure, bar, PASS/FAIL) and an overall verdict line; writes `quality.json`, `results.md`
 and `figure.png` (text-to-image samples at 128 px, inpainting results, and samples at 4x the native size, where
-the paper's failure mode - repeated objects - shows). Also reported, not bars: the mean object count at 4x and
+the paper's failure mode - repeated objects - shows). Also reported, not bars: the mean object count at 4x, the
+share of single objects whose shape survives a 3 x 3 blur of their latent (`quality.measure_latent_blur`), and
 (`zero_mean_init`) the text-to-image figures when the start noise has zero per-channel mean
 (`SamplerConfig.zero_mean_init`: on 16x16 latents the start noise's mean sets the background colour).
 """
@@ -20,6 +21,7 @@ from msbd.errors import InputError
 @dataclass
 class Params:
     n_vae: int = 64                 # held-out renders for the VAE PSNR
+    n_blur: int = 32                # single objects for the latent-blur shape check (reported, not a bar)
     n_t2i: int = 64                 # single-object prompts for text-to-image
     n_inpaint: int = 40             # edit tasks for blended inpainting
     n_clip: int = 200               # scenes for caption retrieval
@@ -30,7 +32,7 @@ class Params:
     update_card: bool = False       # write the table into msbd/toy/weights/MODEL_CARD.md (QUALITY section)
 
     def validate(self) -> None:
-        for name in ("n_vae", "n_t2i", "n_inpaint", "n_sr", "n_4x", "steps"):
+        for name in ("n_vae", "n_blur", "n_t2i", "n_inpaint", "n_sr", "n_4x", "steps"):
             if getattr(self, name) < 1:
                 raise InputError(f"toy_quality.{name} must be >= 1, got {getattr(self, name)}")
         if self.n_clip < 2:
@@ -44,6 +46,7 @@ def run(ctx: RunContext, p: Params) -> dict:
     guidance = ctx.msbd.first_stage.guidance
     figures: dict = {}
     figures.update(quality.measure_vae(bundle, p.n_vae))
+    figures.update(quality.measure_latent_blur(bundle, p.n_blur))
     t2i, t2i_images = quality.measure_t2i(bundle, p.n_t2i, seed=ctx.seed, steps=p.steps, guidance=guidance)
     figures.update(t2i)
     if p.zero_mean_init:
@@ -60,9 +63,11 @@ def run(ctx: RunContext, p: Params) -> dict:
     figures.update(big)
     rows = quality.verdict(figures)
     overall = "PASS" if all(r["result"] == "PASS" for r in rows) else "FAIL"
-    lines = [f"{r['bar']:28s} {_fmt(r['figure']):>9s}  bar {r['threshold']:>8s}  {r['result']}" for r in rows]
-    extras = ["count_at_4x"] + [k for k in figures if k.endswith("_zero_mean_init")]
-    lines += [f"{k + ' (not a bar)':28s} {_fmt(figures[k]):>9s}" for k in extras]
+    extras = ["count_at_4x", "vae_shape_kept", "vae_shape_kept_latent_blur"]
+    extras += [k for k in figures if k.endswith("_zero_mean_init")]
+    width = max(len(k) for k in [r["bar"] for r in rows] + [k + " (not a bar)" for k in extras])
+    lines = [f"{r['bar']:{width}s} {_fmt(r['figure']):>9s}  bar {r['threshold']:>8s}  {r['result']}" for r in rows]
+    lines += [f"{k + ' (not a bar)':{width}s} {_fmt(figures[k]):>9s}" for k in extras]
     lines.append(f"overall: {overall} ({sum(r['result'] == 'PASS' for r in rows)}/{len(rows)} bars)")
     print("\n".join(lines))
     write_json(ctx.path("quality.json"), {"figures": figures, "bars": rows, "overall": overall})

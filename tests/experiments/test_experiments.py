@@ -75,7 +75,7 @@ def test_edit_and_paper_on_a_small_image(tmp_path):
 
 
 def test_toy_quality_prints_bars_and_verdict(tmp_path, capsys):
-    done = _run(tmp_path, "toy_quality", "toy_quality.n_vae=2", "toy_quality.n_t2i=2", "toy_quality.n_inpaint=1",
+    done = _run(tmp_path, "toy_quality", "toy_quality.n_vae=2", "toy_quality.n_blur=1", "toy_quality.n_t2i=2", "toy_quality.n_inpaint=1",
                 "toy_quality.n_4x=1", "toy_quality.steps=2")
     printed = capsys.readouterr().out
     assert "vae_psnr_db" in printed and "overall: " in printed

@@ -77,10 +77,11 @@ def test_edit_and_paper_on_toy(tmp_path):
 
 
 def test_toy_quality_on_toy(tmp_path, capsys):
-    done = _run(tmp_path, "toy_quality", "toy_quality.n_vae=4", "toy_quality.n_t2i=2", "toy_quality.n_inpaint=2",
+    done = _run(tmp_path, "toy_quality", "toy_quality.n_vae=4", "toy_quality.n_blur=2", "toy_quality.n_t2i=2", "toy_quality.n_inpaint=2",
                 "toy_quality.n_clip=20", "toy_quality.n_sr=1", "toy_quality.n_4x=1", "toy_quality.steps=3")
     figures = json.loads((tmp_path / "quality.json").read_text())["figures"]
     # every bar has a figure from the shipped weights (the reranker and the SR load through open_clip / spandrel)
     assert all(figures.get(name) is not None for name in ("vae_psnr_db", "clip_top1", "sr_gain_db", "t2i_colour_acc"))
     assert figures["vae_psnr_db"] > 20 and figures["clip_top1"] > 0.3
+    assert 0 <= figures["vae_shape_kept_latent_blur"] <= 1 and figures["vae_blur_n"] == 2
     assert done["summary"]["overall"] in ("PASS", "FAIL") and "overall: " in capsys.readouterr().out

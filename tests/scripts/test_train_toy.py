@@ -37,6 +37,7 @@ def test_bad_options_give_one_error_line(train_toy, capsys, override, words):
 def test_default_config_passes(train_toy, capsys):
     train_toy.precheck([])                         # no SystemExit
     train_toy.precheck(["stages=[clip]", "clip.max_minutes=22"])
+    train_toy.precheck(["vae.init=msbd/toy/weights/toy-ldm.safetensors", "vae.max_minutes=0"])   # VAE as it is
     assert capsys.readouterr().err == ""
 
 
