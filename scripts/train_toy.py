@@ -84,8 +84,11 @@ def validate(cfg: DictConfig) -> None:
             bound = ">= 0 (0: no step limit)" if stage == "ldm" else "positive"
             raise ValueError(f"{stage}.max_steps must be {bound}, got {cfg[stage].max_steps}")
     for stage in ("vae", "ldm"):
-        if cfg[stage].init and stage in cfg.stages and not os.path.isfile(cfg[stage].init):
-            raise ValueError(f"{stage}.init: no such file {cfg[stage].init}")
+        if cfg[stage].init and stage in cfg.stages:
+            try:
+                load_init(stage, cfg[stage].init)
+            except ValueError as err:               # ldm.checkpoint's CheckpointError: what does not fit
+                raise ValueError(f"{stage}.init: {err}") from None
     for build in (vae_config, ldm_config, clip_config, sr_config):
         config = build(cfg)                         # the dataclasses check their own values; here: their types
         for f in dataclasses.fields(config):
@@ -157,15 +160,14 @@ def train_vae(cfg: DictConfig, cache, card: dict) -> str:
         warm_start(module, cfg.vae.init)
     if cfg.vae.init and cfg.vae.max_minutes == 0 and not resuming:   # take the VAE as it is
         os.makedirs(stage_dir, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in module.vae.state_dict().items()}, out)
         card["vae"] = {"init": cfg.vae.init, "minutes_last_call": 0.0}
-        return out
-    loader = DataLoader(ImageCropDataset(cache.images, tc.crop), batch_size=tc.batch_size, shuffle=True,
-                        drop_last=True)
-    minutes = _fit(module, loader, stage_dir, cfg.vae.max_minutes)
+    else:
+        loader = DataLoader(ImageCropDataset(cache.images, tc.crop), batch_size=tc.batch_size, shuffle=True,
+                            drop_last=True)
+        minutes = _fit(module, loader, stage_dir, cfg.vae.max_minutes)
+        card["vae"] = {"minutes_last_call": round(minutes, 1), "train_psnr_last": _last_metric(stage_dir, "psnr"),
+                       "init": cfg.vae.init, "equivariance_weight": tc.equivariance_weight}
     save_file({k: v.contiguous() for k, v in module.vae.state_dict().items()}, out)
-    card["vae"] = {"minutes_last_call": round(minutes, 1), "train_psnr_last": _last_metric(stage_dir, "psnr"),
-                   "init": cfg.vae.init, "equivariance_weight": tc.equivariance_weight}
     return out
 
 
@@ -187,25 +189,29 @@ def encode_latents(vae_path: str, cache, stage_dir: str) -> tuple[torch.Tensor, 
     return latents, scale
 
 
-def compvis_part(path: str, prefix: str) -> dict[str, torch.Tensor]:
-    """The float32 tensors under `prefix` of a CompVis-layout file (such as the shipped toy-ldm.safetensors)."""
-    part = {k[len(prefix):]: v.float() for k, v in load_file(path).items() if k.startswith(prefix)}
-    if not part:
-        raise ValueError(f"{path} holds no {prefix}* weights")
-    return part
+INIT_COMPONENTS = {"vae": ("vae",), "ldm": ("unet", "text")}   # what `<stage>.init` takes from its file
+INIT_HINT = "give a CompVis-layout file of the toy sizes, such as msbd/toy/weights/toy-ldm.safetensors"
+
+
+def load_init(stage: str, path: str):
+    """The networks `<stage>.init` warm-starts from, read strictly by ldm.checkpoint (one-line CheckpointError
+    for a missing file, a foreign format, or keys and shapes that do not fit the toy config)."""
+    from ldm.checkpoint import load_models
+    return load_models(path, presets.toy_ldm_config(1.0), components=INIT_COMPONENTS[stage],
+                       config_key=f"{stage}.init", hint=INIT_HINT)
 
 
 def warm_start(module: pl.LightningModule, path: str) -> None:
     """Load weights from a CompVis-layout file: the VAE (`VAELitModule`), or the UNet and text encoder with their
     EMA copies (`LDMLitModule`). The optimiser starts fresh (a new warm-up) and the step count at 0."""
     if isinstance(module, VAELitModule):
-        module.vae.load_state_dict(compvis_part(path, "first_stage_model."))
+        module.vae.load_state_dict(load_init("vae", path).vae.state_dict())
         return
-    for prefix, parts in (("model.diffusion_model.", (module.unet, module.ema_unet)),
-                          ("cond_stage_model.transformer.", (module.text_encoder, module.ema_text))):
-        state = compvis_part(path, prefix)
+    loaded = load_init("ldm", path)
+    for source, parts in ((loaded.unet, (module.unet, module.ema_unet)),
+                          (loaded.text_encoder, (module.text_encoder, module.ema_text))):
         for m in parts:
-            m.load_state_dict(state)
+            m.load_state_dict(source.state_dict())
 
 
 def train_ldm(cfg: DictConfig, cache, latents: torch.Tensor, scale: float, card: dict) -> str:

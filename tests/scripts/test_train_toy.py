@@ -21,10 +21,12 @@ def train_toy():
     ("ldm.snr_gamma=-1", "snr_gamma"), ("ldm.decay_start=9000 ldm.max_steps=6800", "decay_start"),
     ("ldm.max_steps=-5", "ldm.max_steps must be >= 0"), ("sr.clean_prob=2", "clean_prob"),
     ("clip.max_minutes=0", "clip.max_minutes"), ("sr.max_steps=0", "sr.max_steps"), ("vae.batch_size=1.5", "batch_size"),
-    ("ldm.nope=1", "nope"), ("threads=0", "threads"), ("ldm.init=/no/such.safetensors", "ldm.init: no such file"),
-    ("vae.init=/no/such.safetensors", "vae.init: no such file"), ("vae.max_minutes=0", "0 only with vae.init"),
+    ("ldm.nope=1", "nope"), ("threads=0", "threads"), ("ldm.init=/no/such.safetensors", "weights file not found"),
+    ("vae.init=/no/such.safetensors", "'vae.init'"), ("vae.max_minutes=0", "0 only with vae.init"),
     ("vae.equivariance_weight=-1", "equivariance_weight"),
     ("sr.edge_prob=-0.1", "edge_prob"),
+    ("ldm.init=msbd/toy/weights/toy-sr-x4.safetensors", "ldm.init"),        # a file without UNet / text keys
+    ("vae.init=msbd/toy/weights/toy-clip.safetensors", "vae.init"),
 ])
 def test_bad_options_give_one_error_line(train_toy, capsys, override, words):
     with pytest.raises(SystemExit) as exit_info:
@@ -59,5 +61,3 @@ def test_warm_start_loads_the_vae_or_the_unet_and_text_encoder(train_toy):
     train_toy.warm_start(vae, presets.LDM_WEIGHTS)
     torch.testing.assert_close(vae.vae.decoder.conv_out.weight, shipped["first_stage_model.decoder.conv_out.weight"].float(),
                                rtol=0, atol=0)
-    with pytest.raises(ValueError, match="holds no first_stage_model"):
-        train_toy.compvis_part(presets.SR_WEIGHTS, "first_stage_model.")
