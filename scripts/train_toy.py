@@ -44,7 +44,8 @@ STAGES = ("vae", "ldm", "clip", "sr")
 def vae_config(cfg: DictConfig) -> VAETrainConfig:
     return VAETrainConfig(lr=cfg.vae.lr, kl_weight=cfg.vae.kl_weight, edge_weight=cfg.vae.edge_weight,
                           crop=cfg.vae.crop, batch_size=cfg.vae.batch_size,
-                          equivariance_weight=cfg.vae.equivariance_weight)
+                          equivariance_weight=cfg.vae.equivariance_weight,
+                          latent_blur_weight=cfg.vae.latent_blur_weight)
 
 
 def ldm_config(cfg: DictConfig) -> LDMTrainConfig:
@@ -166,7 +167,8 @@ def train_vae(cfg: DictConfig, cache, card: dict) -> str:
                             drop_last=True)
         minutes = _fit(module, loader, stage_dir, cfg.vae.max_minutes)
         card["vae"] = {"minutes_last_call": round(minutes, 1), "train_psnr_last": _last_metric(stage_dir, "psnr"),
-                       "init": cfg.vae.init, "equivariance_weight": tc.equivariance_weight}
+                       "init": cfg.vae.init, "equivariance_weight": tc.equivariance_weight,
+                       "latent_blur_weight": tc.latent_blur_weight}
     save_file({k: v.contiguous() for k, v in module.vae.state_dict().items()}, out)
     return out
 

@@ -68,13 +68,14 @@ def test_partial_run_keeps_data_lines_command_and_scale(tmp_path):
 
 def test_card_names_warm_starts_and_the_equivariance_term(tmp_path):
     run, out = _run_dir(tmp_path)
-    (run / "card.json").write_text(json.dumps({"vae": {"init": "old.safetensors", "equivariance_weight": 0.5},
+    (run / "card.json").write_text(json.dumps({"vae": {"init": "old.safetensors", "equivariance_weight": 0.5,
+                                                                       "latent_blur_weight": 0.25},
                                                "ldm": {"init": ""}}))
     text = write_model_card(run, out, "cmd").read_text()
     assert "The vae stage was warm-started from `old.safetensors`" in text and "The ldm stage" not in text
-    assert "scale-equivariance term with weight 0.5" in text
+    assert "scale-equivariance term with weight 0.5" in text and "latent-blur term with weight 0.25" in text
     plain = write_model_card(*_run_dir(tmp_path / "b"), "cmd").read_text()
-    assert "warm-started" not in plain and "equivariance" not in plain
+    assert "warm-started" not in plain and "equivariance" not in plain and "latent-blur" not in plain
 
 
 def test_card_names_edge_prob_when_used(tmp_path):
