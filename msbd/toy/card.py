@@ -140,6 +140,7 @@ def write_model_card(run_dir: str | os.PathLike, export_dir: str | os.PathLike, 
     text = "\n".join(lines)
     if QUALITY_BEGIN in old:                                   # keep measured quality figures
         text = replace_quality(text, old.split(QUALITY_BEGIN)[1].split(QUALITY_END)[0].strip("\n"))
+    out.mkdir(parents=True, exist_ok=True)              # a run of stages=[vae] into a new export_dir exports nothing
     path.write_text(text)
     return path
 

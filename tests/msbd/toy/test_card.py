@@ -37,6 +37,12 @@ def test_card_reports_the_run_and_keeps_measured_quality(tmp_path):
     assert again.count(QUALITY_BEGIN) == again.count(QUALITY_END) == 1
 
 
+def test_card_is_written_into_a_new_export_dir(tmp_path):
+    run, _ = _run_dir(tmp_path)
+    path = write_model_card(run, tmp_path / "new" / "export", "python scripts/train_toy.py stages=[vae]")
+    assert path == tmp_path / "new" / "export" / "MODEL_CARD.md" and "stages=[vae]" in path.read_text()
+
+
 def test_card_names_clean_prob_when_used(tmp_path):
     run, out = _run_dir(tmp_path, clean_prob=0.5)
     assert "a share 0.5 of plain bicubic x4 (`clean_prob`)" in write_model_card(run, out, "cmd").read_text()
