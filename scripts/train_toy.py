@@ -239,6 +239,15 @@ def train_ldm(cfg: DictConfig, cache, latents: torch.Tensor, scale: float, card:
     return out
 
 
+def export_copy(cfg: DictConfig, trained: str, shipped: str) -> str:
+    """Copy a stage's trained file into export_dir under the shipped file's name (not over the shipped file itself
+    when export_dir points elsewhere)."""
+    os.makedirs(cfg.export_dir, exist_ok=True)
+    target = os.path.join(cfg.export_dir, os.path.basename(shipped))
+    shutil.copyfile(trained, target)
+    return target
+
+
 def export(cfg: DictConfig, vae_path: str, ldm_path: str, scale: float) -> None:
     """Write the shipped files: one CompVis-layout fp16 safetensors for VAE + UNet + text encoder, and its config."""
     os.makedirs(cfg.export_dir, exist_ok=True)
@@ -264,8 +273,8 @@ def main(cfg: DictConfig) -> None:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     os.makedirs(cfg.run_dir, exist_ok=True)
     card: dict = {"config": OmegaConf.to_container(cfg, resolve=True)}
-    cache = render_cache(os.path.join(cfg.run_dir, "cache"), seed_range("train", cfg.data.n_train), cfg.data.size)
-    if {"vae", "ldm"} & set(cfg.stages):
+    if {"vae", "ldm"} & set(cfg.stages):                # the clip and sr stages render their own data
+        cache = render_cache(os.path.join(cfg.run_dir, "cache"), seed_range("train", cfg.data.n_train), cfg.data.size)
         vae_path = train_vae(cfg, cache, card)
         latents, scale = encode_latents(vae_path, cache, os.path.join(cfg.run_dir, "ldm"))
         card["latent_scale"] = scale
@@ -276,12 +285,12 @@ def main(cfg: DictConfig) -> None:
         from msbd.toy.clip_model import train_clip
         card["clip"] = train_clip(os.path.join(cfg.run_dir, "clip"), max_minutes=cfg.clip.max_minutes, seed=cfg.seed,
                                   config=clip_config(cfg))
-        shutil.copyfile(os.path.join(cfg.run_dir, "clip", "clip.safetensors"), presets.CLIP_WEIGHTS)
+        export_copy(cfg, os.path.join(cfg.run_dir, "clip", "clip.safetensors"), presets.CLIP_WEIGHTS)
     if "sr" in cfg.stages:
         from msbd.toy.sr_model import train_sr
         card["sr"] = train_sr(os.path.join(cfg.run_dir, "sr"), max_minutes=cfg.sr.max_minutes, seed=cfg.seed,
                               config=sr_config(cfg))
-        shutil.copyfile(os.path.join(cfg.run_dir, "sr", "sr.safetensors"), presets.SR_WEIGHTS)
+        export_copy(cfg, os.path.join(cfg.run_dir, "sr", "sr.safetensors"), presets.SR_WEIGHTS)
     _write_card(cfg, card)
     from msbd.toy.card import write_model_card
     command = " ".join(["python scripts/train_toy.py", *sys.argv[1:]])

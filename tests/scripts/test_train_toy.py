@@ -5,6 +5,8 @@ import os
 import pytest
 import torch
 
+from msbd.toy import presets
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -46,7 +48,6 @@ def test_default_config_passes(train_toy, capsys):
 def test_warm_start_loads_the_vae_or_the_unet_and_text_encoder(train_toy):
     from safetensors.torch import load_file
 
-    from msbd.toy import presets
     from msbd.toy.train_ldm import LDMLitModule, LDMTrainConfig
     module = LDMLitModule(presets.TOY_UNET, presets.TOY_TEXT, LDMTrainConfig())
     train_toy.warm_start(module, presets.LDM_WEIGHTS)
@@ -61,3 +62,14 @@ def test_warm_start_loads_the_vae_or_the_unet_and_text_encoder(train_toy):
     train_toy.warm_start(vae, presets.LDM_WEIGHTS)
     torch.testing.assert_close(vae.vae.decoder.conv_out.weight, shipped["first_stage_model.decoder.conv_out.weight"].float(),
                                rtol=0, atol=0)
+
+
+def test_export_copy_writes_into_export_dir_not_over_the_shipped_file(train_toy, tmp_path):
+    from omegaconf import OmegaConf
+    trained = tmp_path / "sr.safetensors"
+    trained.write_bytes(b"new weights")
+    shipped_before = open(presets.SR_WEIGHTS, "rb").read()
+    target = train_toy.export_copy(OmegaConf.create({"export_dir": str(tmp_path / "export")}), str(trained),
+                                   presets.SR_WEIGHTS)
+    assert target == str(tmp_path / "export" / "toy-sr-x4.safetensors") and open(target, "rb").read() == b"new weights"
+    assert open(presets.SR_WEIGHTS, "rb").read() == shipped_before
