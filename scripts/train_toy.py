@@ -34,7 +34,7 @@ from msbd.toy import presets  # noqa: E402
 from msbd.toy.data import images_to_tensor, render_cache, seed_range  # noqa: E402
 from msbd.toy.train_ldm import (  # noqa: E402
     ImageCropDataset, LatentCaptionDataset, LDMLitModule, LDMTrainConfig, VAELitModule, VAETrainConfig,
-    latent_scale_factor, round_scale,
+    latent_scale_factor, object_cells, round_scale,
 )
 
 
@@ -51,7 +51,8 @@ def vae_config(cfg: DictConfig) -> VAETrainConfig:
 def ldm_config(cfg: DictConfig) -> LDMTrainConfig:
     return LDMTrainConfig(lr=cfg.ldm.lr, warmup_steps=cfg.ldm.warmup_steps, batch_size=cfg.ldm.batch_size,
                           caption_dropout=cfg.ldm.caption_dropout, ema_decay=cfg.ldm.ema_decay,
-                          snr_gamma=cfg.ldm.snr_gamma, decay_start=cfg.ldm.decay_start, max_steps=cfg.ldm.max_steps)
+                          snr_gamma=cfg.ldm.snr_gamma, decay_start=cfg.ldm.decay_start, max_steps=cfg.ldm.max_steps,
+                          object_weight=cfg.ldm.object_weight)
 
 
 def clip_config(cfg: DictConfig):
@@ -228,14 +229,15 @@ def train_ldm(cfg: DictConfig, cache, latents: torch.Tensor, scale: float, card:
     module = LDMLitModule(presets.TOY_UNET, presets.TOY_TEXT, tc)
     if cfg.ldm.init and not os.path.exists(os.path.join(stage_dir, "last.ckpt")):
         warm_start(module, cfg.ldm.init)
-    dataset = LatentCaptionDataset(latents * scale, token_ids, empty_ids, tc.caption_dropout)
+    weights = object_cells(cache.images, presets.TOY_IMAGE_SIZE // latents.shape[-1]) if tc.object_weight else None
+    dataset = LatentCaptionDataset(latents * scale, token_ids, empty_ids, tc.caption_dropout, weights)
     loader = DataLoader(dataset, batch_size=tc.batch_size, shuffle=True, drop_last=True)
     minutes = _fit(module, loader, stage_dir, cfg.ldm.max_minutes, tc.max_steps)
     state = {f"model.diffusion_model.{k}": v for k, v in module.ema_unet.state_dict().items()}
     state.update({f"cond_stage_model.transformer.{k}": v for k, v in module.ema_text.state_dict().items()})
     save_file({k: v.contiguous() for k, v in state.items()}, out)
     card["ldm"] = {"minutes_last_call": round(minutes, 1), "train_loss_last": _last_metric(stage_dir, "loss"),
-                   "init": cfg.ldm.init}
+                   "init": cfg.ldm.init, "object_weight": tc.object_weight}
     return out
 
 

@@ -26,6 +26,7 @@ def train_toy():
     ("ldm.nope=1", "nope"), ("threads=0", "threads"), ("ldm.init=/no/such.safetensors", "weights file not found"),
     ("vae.init=/no/such.safetensors", "'vae.init'"), ("vae.max_minutes=0", "0 only with vae.init"),
     ("vae.equivariance_weight=-1", "equivariance_weight"), ("vae.latent_blur_weight=-1", "latent_blur_weight"),
+    ("ldm.object_weight=-1", "object_weight"),
     ("sr.edge_prob=-0.1", "edge_prob"),
     ("ldm.init=msbd/toy/weights/toy-sr-x4.safetensors", "ldm.init"),        # a file without UNet / text keys
     ("vae.init=msbd/toy/weights/toy-clip.safetensors", "vae.init"),

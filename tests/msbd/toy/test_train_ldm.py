@@ -1,10 +1,11 @@
 """The toy LDM training modules learn: a few optimiser steps on one batch lower each loss."""
+import numpy as np
 import pytest
 import torch
 
 from ldm.config import get_preset
 from msbd.toy.train_ldm import (LDMLitModule, LDMTrainConfig, VAELitModule, VAETrainConfig, latent_blur,
-                                 latent_scale_factor)
+                                 LatentCaptionDataset, latent_scale_factor, object_cells)
 
 
 def _steps(module, batch, optimizer, n):
@@ -113,6 +114,48 @@ def test_min_snr_weighting_only_lowers_low_noise_terms():
             losses[gamma] = module.training_step(batch, 0).item()
     assert losses[5.0] < losses[0.0]                     # weights min(SNR, 5) / SNR <= 1, < 1 where SNR > 5
     assert abs(losses[1e9] - losses[0.0]) < 1e-6 * losses[0.0]   # a huge gamma is plain MSE
+
+
+def test_object_cells_marks_saturated_pixels_per_latent_cell_dilated_by_one():
+    images = np.full((2, 32, 32, 3), 128, np.uint8)             # grey: no object
+    images[0, 8:16, 8:16] = (230, 30, 30)                        # a red square filling latent cell (1, 1) of 4 x 4
+    images[0, 0:4, 24:32] = (30, 30, 230)                        # half of cell (0, 3)
+    images[0, 28:32, 0:8] = (120, 110, 100)                      # a muted patch: background, not an object
+    cells = object_cells(images, 8)
+    assert cells.shape == (2, 1, 4, 4) and cells[1].sum() == 0
+    expected = torch.zeros(4, 4)
+    expected[0:3, 0:3] = 1.0                                     # cell (1, 1) and its 8 neighbours
+    expected[0:2, 2:4] = torch.maximum(expected[0:2, 2:4], torch.tensor(0.5))
+    torch.testing.assert_close(cells[0, 0], expected)
+
+
+def test_object_weight_weighs_the_eps_error_of_object_cells():
+    cfg = get_preset("tiny-test")
+    module = LDMLitModule(cfg.unet, cfg.text, LDMTrainConfig())
+    module.log = lambda *a, **k: None
+    z0, ids = torch.randn(2, 4, 8, 8), torch.randint(0, 49408, (2, 77))
+    weights = torch.zeros(2, 1, 8, 8)
+    weights[:, :, 2:5, 2:5] = 1.0
+    errors = {}
+    original_unet = module.unet.forward
+    module.unet.forward = lambda x, t, c: original_unet(x, t, c) * 0 + errors["eps_hat"]
+    for weight in (0.0, 4.0):
+        module.train_config = LDMTrainConfig(object_weight=weight)
+        torch.manual_seed(3)
+        torch.randint(0, 1000, (2,))                             # training_step draws t, then the noise
+        eps = torch.randn(2, 4, 8, 8)
+        errors["eps_hat"] = eps.clone()
+        errors["eps_hat"][:, :, 2:5, 2:5] += 1.0                 # the model is wrong only on the object cells
+        torch.manual_seed(3)
+        with torch.no_grad():
+            errors[weight] = module.training_step((z0, ids, weights), 0).item()
+    area = 9 / 64
+    assert abs(errors[0.0] - area) < 1e-5                                  # plain mean: the wrong share
+    assert abs(errors[4.0] - 5 * area / (1 + 4 * area)) < 1e-5             # weight 5 there, mean weight normalised
+    dataset = LatentCaptionDataset(z0, ids, ids[0], 0.0, weights)
+    assert len(dataset[1]) == 3 and torch.equal(dataset[1][2], weights[1])
+    with pytest.raises(ValueError, match="object_weight"):
+        LDMTrainConfig(object_weight=-1)
 
 
 def test_lr_factor_warmup_constant_then_cosine():
