@@ -17,7 +17,6 @@ import torch
 from msbd.toy.analyser import AnalyserConfig, classify_shape, colour_classes, components
 from msbd.toy.data import seed_range
 from msbd.toy.scenes import COLOURS, SceneObject
-from msbd.toy.train_ldm import latent_blur
 from msbd.toy.shapes import SHAPES
 
 # name -> (threshold, direction): ">=" means the figure must reach the threshold
@@ -91,6 +90,14 @@ def measure_vae(bundle, n: int = 64, size: int = 128) -> dict:
         mse = float(((out - image.astype(np.float64)) ** 2).mean())
         psnrs.append(10 * math.log10(255.0**2 / max(mse, 1e-12)))
     return {"vae_psnr_db": float(np.mean(psnrs)), "vae_psnr_min_db": float(np.min(psnrs)), "vae_n": n}
+
+
+def latent_blur(z: torch.Tensor) -> torch.Tensor:
+    """A 3 x 3 binomial blur of each latent channel (replicate padding)."""
+    k = torch.tensor([1.0, 2.0, 1.0], dtype=z.dtype, device=z.device)
+    k = (k[:, None] * k[None, :] / 16).expand(z.shape[1], 1, 3, 3)
+    return torch.nn.functional.conv2d(torch.nn.functional.pad(z, (1, 1, 1, 1), mode="replicate"), k,
+                                      groups=z.shape[1])
 
 
 @torch.no_grad()

@@ -24,6 +24,7 @@ from ldm.models.autoencoder import AutoencoderConfig, AutoencoderKL
 from ldm.models.clip_text import CLIPTextConfig, CLIPTextEncoder
 from ldm.models.unet import UNetConfig, UNetModel
 from ldm.sampling.schedule import alphas_cumprod, scaled_linear_betas
+from msbd.toy.quality import latent_blur
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -62,13 +63,6 @@ class ImageCropDataset(Dataset):
         left = int(torch.randint(0, w - self.crop + 1, ()))
         image = image[:, top:top + self.crop, left:left + self.crop]
         return image.flip(-1) if torch.rand(()) < 0.5 else image
-
-
-def latent_blur(z: torch.Tensor) -> torch.Tensor:
-    """A 3 x 3 binomial blur of each latent channel (replicate padding)."""
-    k = torch.tensor([1.0, 2.0, 1.0], dtype=z.dtype, device=z.device)
-    k = (k[:, None] * k[None, :] / 16).expand(z.shape[1], 1, 3, 3)
-    return F.conv2d(F.pad(z, (1, 1, 1, 1), mode="replicate"), k, groups=z.shape[1])
 
 
 def image_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
