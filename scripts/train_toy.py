@@ -229,7 +229,7 @@ def train_ldm(cfg: DictConfig, cache, latents: torch.Tensor, scale: float, card:
     module = LDMLitModule(presets.TOY_UNET, presets.TOY_TEXT, tc)
     if cfg.ldm.init and not os.path.exists(os.path.join(stage_dir, "last.ckpt")):
         warm_start(module, cfg.ldm.init)
-    weights = object_cells(cache.images, presets.TOY_IMAGE_SIZE // latents.shape[-1]) if tc.object_weight else None
+    weights = object_cells(cache.images, cache.images.shape[1] // latents.shape[-1]) if tc.object_weight else None
     dataset = LatentCaptionDataset(latents * scale, token_ids, empty_ids, tc.caption_dropout, weights)
     loader = DataLoader(dataset, batch_size=tc.batch_size, shuffle=True, drop_last=True)
     minutes = _fit(module, loader, stage_dir, cfg.ldm.max_minutes, tc.max_steps)

@@ -120,12 +120,12 @@ def write_model_card(run_dir: str | os.PathLike, export_dir: str | os.PathLike, 
     if card.get("vae", {}).get("equivariance_weight"):
         lines += ["", f"The VAE loss includes the scale-equivariance term with weight "
                   f"{card['vae']['equivariance_weight']} (`vae.equivariance_weight`)."]
-    if card.get("ldm", {}).get("object_weight"):
-        lines += ["", f"The UNet's eps loss weighs latent cells near objects 1 + {card['ldm']['object_weight']} "
-                  "times (`ldm.object_weight`)."]
     if card.get("vae", {}).get("latent_blur_weight"):
         lines += ["", f"The VAE loss includes the latent-blur term with weight {card['vae']['latent_blur_weight']} "
                   "(`vae.latent_blur_weight`: the 3x3-blurred latent must decode to the image too)."]
+    if card.get("ldm", {}).get("object_weight"):
+        lines += ["", f"The UNet's eps loss weighs latent cells near objects 1 + {card['ldm']['object_weight']} "
+                  "times (`ldm.object_weight`)."]
     lines += ["", "Training resumes from `train_runs/toy/<stage>/last.ckpt` when run again; budgets are totals.", "",
               "## Quality bars", "", QUALITY_BEGIN,
               "Not measured yet: `python scripts/run.py +experiment=toy_quality toy_quality.update_card=true`.",

@@ -75,7 +75,7 @@ def test_partial_run_keeps_data_lines_command_and_scale(tmp_path):
 def test_card_names_warm_starts_and_the_equivariance_term(tmp_path):
     run, out = _run_dir(tmp_path)
     (run / "card.json").write_text(json.dumps({"vae": {"init": "old.safetensors", "equivariance_weight": 0.5,
-                                                                       "latent_blur_weight": 0.25},
+                                                       "latent_blur_weight": 0.25},
                                                "ldm": {"init": ""}}))
     text = write_model_card(run, out, "cmd").read_text()
     assert "The vae stage was warm-started from `old.safetensors`" in text and "The ldm stage" not in text
