@@ -31,7 +31,7 @@ sys.path.insert(0, ROOT)
 from ldm.models.tokenizer import CLIPTokenizer  # noqa: E402
 from msbd.errors import composition_message  # noqa: E402
 from msbd.toy import presets  # noqa: E402
-from msbd.toy.data import images_to_tensor, render_cache, seed_range  # noqa: E402
+from msbd.toy.data import images_to_tensor, render_cache, seed_range, single_object_renderer  # noqa: E402
 from msbd.toy.train_ldm import (  # noqa: E402
     ImageCropDataset, LatentCaptionDataset, LDMLitModule, LDMTrainConfig, VAELitModule, VAETrainConfig,
     latent_scale_factor, object_cells, round_scale,
@@ -39,6 +39,7 @@ from msbd.toy.train_ldm import (  # noqa: E402
 
 
 STAGES = ("vae", "ldm", "clip", "sr")
+SINGLE_OFFSET = 500_000      # the extra single-object scenes (data.n_single) use training seeds from here on
 
 
 def vae_config(cfg: DictConfig) -> VAETrainConfig:
@@ -76,6 +77,12 @@ def validate(cfg: DictConfig) -> None:
     if cfg.threads < 1 or cfg.data.n_train < 1 or cfg.data.size % 8:
         raise ValueError(f"need threads >= 1, data.n_train >= 1 and data.size divisible by 8, got {cfg.threads}, "
                          f"{cfg.data.n_train}, {cfg.data.size}")
+    if cfg.data.n_train > SINGLE_OFFSET or not 0 <= cfg.data.n_single <= SINGLE_OFFSET:
+        raise ValueError(f"need data.n_train <= {SINGLE_OFFSET} and 0 <= data.n_single <= {SINGLE_OFFSET} (the "
+                         f"two seed ranges must not overlap), got {cfg.data.n_train}, {cfg.data.n_single}")
+    sizes = list(cfg.data.single_sizes)
+    if len(sizes) != 2 or not all(isinstance(v, (int, float)) for v in sizes) or not 0 < sizes[0] <= sizes[1] <= 1:
+        raise ValueError(f"data.single_sizes must be [min, max] with 0 < min <= max <= 1, got {sizes}")
     for stage in cfg.stages:
         if stage == "vae" and cfg.vae.init and cfg.vae.max_minutes == 0:
             continue                                # vae.init taken as it is
@@ -175,9 +182,9 @@ def train_vae(cfg: DictConfig, cache, card: dict) -> str:
 
 
 @torch.no_grad()
-def encode_latents(vae_path: str, cache, stage_dir: str) -> tuple[torch.Tensor, float]:
+def encode_latents(vae_path: str, cache, stage_dir: str, name: str = "latents") -> tuple[torch.Tensor, float]:
     """Posterior means of every training render and the scale factor that gives them unit variance."""
-    out = os.path.join(stage_dir, "latents.safetensors")
+    out = os.path.join(stage_dir, f"{name}.safetensors")
     if os.path.exists(out) and os.path.getmtime(out) > os.path.getmtime(vae_path):
         saved = load_file(out)
         return saved["latents"], round_scale(saved["scale"])              # stored as float32: re-round
@@ -217,19 +224,31 @@ def warm_start(module: pl.LightningModule, path: str) -> None:
             m.load_state_dict(source.state_dict())
 
 
-def train_ldm(cfg: DictConfig, cache, latents: torch.Tensor, scale: float, card: dict) -> str:
+def single_cache(cfg: DictConfig):
+    """The extra single-object renders of `data.n_single` (None when 0), cached per size range."""
+    if cfg.data.n_single == 0:
+        return None
+    lo, hi = (float(v) for v in cfg.data.single_sizes)
+    return render_cache(os.path.join(cfg.run_dir, "cache", f"single_{lo:g}-{hi:g}"),
+                        seed_range("train", cfg.data.n_single, SINGLE_OFFSET), cfg.data.size,
+                        renderer=single_object_renderer((lo, hi)))
+
+
+def train_ldm(cfg: DictConfig, caches: list, latents: torch.Tensor, scale: float, card: dict) -> str:
     stage_dir = os.path.join(cfg.run_dir, "ldm")
     out = os.path.join(stage_dir, "ldm.safetensors")
     if os.path.exists(out) and "ldm" not in cfg.force:
         return out
     tokenizer = CLIPTokenizer()
-    token_ids = tokenizer(list(cache.captions))
+    token_ids = tokenizer([text for cache in caches for text in cache.captions])
     empty_ids = tokenizer([""])[0]
     tc = ldm_config(cfg)
     module = LDMLitModule(presets.TOY_UNET, presets.TOY_TEXT, tc)
     if cfg.ldm.init and not os.path.exists(os.path.join(stage_dir, "last.ckpt")):
         warm_start(module, cfg.ldm.init)
-    weights = object_cells(cache.images, cache.images.shape[1] // latents.shape[-1]) if tc.object_weight else None
+    weights = None
+    if tc.object_weight:
+        weights = torch.cat([object_cells(c.images, c.images.shape[1] // latents.shape[-1]) for c in caches])
     dataset = LatentCaptionDataset(latents * scale, token_ids, empty_ids, tc.caption_dropout, weights)
     loader = DataLoader(dataset, batch_size=tc.batch_size, shuffle=True, drop_last=True)
     minutes = _fit(module, loader, stage_dir, cfg.ldm.max_minutes, tc.max_steps)
@@ -281,7 +300,14 @@ def main(cfg: DictConfig) -> None:
         latents, scale = encode_latents(vae_path, cache, os.path.join(cfg.run_dir, "ldm"))
         card["latent_scale"] = scale
         if "ldm" in cfg.stages:
-            ldm_path = train_ldm(cfg, cache, latents, scale, card)
+            caches, singles = [cache], single_cache(cfg)
+            if singles is not None:              # encoded by the same VAE; the scale stays the main set's
+                lo, hi = (float(v) for v in cfg.data.single_sizes)
+                extra, _ = encode_latents(vae_path, singles, os.path.join(cfg.run_dir, "ldm"),
+                                          f"latents_single_{cfg.data.n_single}_{lo:g}-{hi:g}")
+                caches, latents = [cache, singles], torch.cat([latents, extra])
+            card["data_single"] = {"n": cfg.data.n_single, "sizes": [float(v) for v in cfg.data.single_sizes]}
+            ldm_path = train_ldm(cfg, caches, latents, scale, card)
             export(cfg, vae_path, ldm_path, scale)
     if "clip" in cfg.stages:
         from msbd.toy.clip_model import train_clip

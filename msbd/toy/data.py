@@ -49,6 +49,16 @@ def render_seed(seed: int, height: int, width: int) -> tuple[np.ndarray, str]:
     return to_uint8(image), scenes.caption(scene)
 
 
+def single_object_renderer(sizes: tuple[float, float]) -> Renderer:
+    """A renderer (for `render_cache`) of square scenes with exactly one object whose size is drawn from `sizes`
+    (short-side units): the extra text-to-image data of the toy UNet (`data.n_single` in train_toy.yaml)."""
+    def render_single(seed: int, height: int, width: int) -> tuple[np.ndarray, str]:
+        from msbd.toy import scenes
+        scene = scenes.random_scene(seed, n_objects=1, aspect=width / height, sizes=tuple(sizes))
+        return to_uint8(np.asarray(scenes.render(scene, height, width))), scenes.caption(scene)
+    return render_single
+
+
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """uint8 images pass through; float images are read as [0, 1] and rounded."""
     if image.dtype == np.uint8:

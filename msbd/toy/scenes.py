@@ -191,17 +191,21 @@ def random_object(
     )
 
 
-def random_scene(seed: int | np.random.Generator, n_objects: int | None = None, aspect: float = 1.0) -> Scene:
-    """A scene with `n_objects` (default uniform 0..3) objects that overlap little (centres >= 0.7 radii apart)."""
+def random_scene(seed: int | np.random.Generator, n_objects: int | None = None, aspect: float = 1.0,
+                 sizes: tuple[float, float] = (MIN_SIZE, MAX_SIZE)) -> Scene:
+    """A scene with `n_objects` (default uniform 0..3) objects that overlap little (centres >= 0.7 radii apart),
+    their sizes drawn uniformly from `sizes` (short-side units, at most 1 so that an object fits)."""
     rng = _rng(seed)
     n = int(rng.integers(0, MAX_OBJECTS + 1)) if n_objects is None else n_objects
     if not 0 <= n <= 8:
         raise ValueError(f"n_objects must be in 0..8, got {n}")
+    if not 0 < sizes[0] <= sizes[1] <= 1:
+        raise ValueError(f"object sizes must satisfy 0 < min <= max <= 1, got {tuple(sizes)}")
     scene = Scene(aspect=aspect, background=random_background(rng))
     objects: list[SceneObject] = []
     while len(objects) < n:
         for attempt in range(200):
-            size = rng.uniform(MIN_SIZE, MAX_SIZE) * (0.5 ** (attempt // 50))
+            size = rng.uniform(*sizes) * (0.5 ** (attempt // 50))
             candidate = random_object(rng, scene, size=float(size))
             if _separated(candidate, objects, scene, 0.7):
                 break

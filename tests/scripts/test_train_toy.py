@@ -28,6 +28,8 @@ def train_toy():
     ("vae.equivariance_weight=-1", "equivariance_weight"), ("vae.latent_blur_weight=-1", "latent_blur_weight"),
     ("ldm.object_weight=-1", "object_weight"),
     ("sr.edge_prob=-0.1", "edge_prob"),
+    ("data.n_single=-1", "data.n_single"), ("data.n_train=600000", "must not overlap"),
+    ("data.single_sizes=[0.6,0.3]", "single_sizes"), ("data.single_sizes=[0.3]", "single_sizes"),
     ("ldm.init=msbd/toy/weights/toy-sr-x4.safetensors", "ldm.init"),        # a file without UNet / text keys
     ("vae.init=msbd/toy/weights/toy-clip.safetensors", "vae.init"),
 ])
@@ -43,6 +45,7 @@ def test_default_config_passes(train_toy, capsys):
     train_toy.precheck([])                         # no SystemExit
     train_toy.precheck(["stages=[clip]", "clip.max_minutes=22"])
     train_toy.precheck(["vae.init=msbd/toy/weights/toy-ldm.safetensors", "vae.max_minutes=0"])   # VAE as it is
+    train_toy.precheck(["data.n_single=16000", "data.single_sizes=[0.3,0.6]"])
     assert capsys.readouterr().err == ""
 
 

@@ -6,7 +6,7 @@ import torch
 
 from msbd.toy.data import (HELDOUT_SEEDS, MILDEST, TRAIN_SEEDS, DegradationConfig, SRPatches, degrade, edge_crop,
                            gaussian_blur, jpeg_roundtrip, object_edge_points, render_cache, resize_area, seed_range,
-                           to_uint8)
+                           single_object_renderer, to_uint8)
 
 
 class CountingRenderer:
@@ -61,6 +61,18 @@ def test_interrupted_cache_resumes_at_last_chunk(tmp_path):
 def test_cache_rejects_bad_renders(tmp_path):
     with pytest.raises(ValueError, match="shape"):
         render_cache(str(tmp_path), range(2), 6, renderer=lambda s, h, w: (np.zeros((h, w + 1, 3), np.uint8), ""))
+
+
+def test_single_object_renderer_draws_one_object_of_the_given_size(tmp_path):
+    from msbd.toy.analyser import colour_classes, components
+    from msbd.toy.scenes import COLOURS
+    render = single_object_renderer((0.5, 0.6))
+    cache = render_cache(str(tmp_path), range(10, 16), 64, renderer=render)
+    for image, text in zip(cache.images, cache.captions):
+        assert " and " not in text and text.split()[1] in COLOURS        # 'a red star' (+ ' on a striped ...')
+        found = components(colour_classes(np.asarray(image), 0.4) == COLOURS.index(text.split()[1]), 20)
+        assert len(found) == 1 and found[0].sum() > 0.05 * 64 * 64       # one object, a large one
+    assert np.array_equal(render(10, 64, 64)[0], cache.images[0])
 
 
 def test_to_uint8():

@@ -131,6 +131,17 @@ def test_random_scenes_hold_zero_to_three_objects_inside_the_image():
     assert len(random_scene(0, n_objects=2).objects) == 2
 
 
+def test_random_scene_sizes_option_draws_from_the_range_and_keeps_the_default_draws():
+    assert random_scene(5, sizes=(0.15, 0.45)) == random_scene(5)       # the default range: same scene
+    for seed in range(20):
+        (o,) = random_scene(seed, n_objects=1, sizes=(0.5, 0.7)).objects
+        assert 0.5 <= o.size <= 0.7
+        assert o.size / 2 <= o.x <= 1 - o.size / 2 and o.size / 2 <= o.y <= 1 - o.size / 2
+    for bad in ((0.0, 0.3), (0.5, 0.4), (0.3, 1.2)):
+        with pytest.raises(ValueError, match="object sizes"):
+            random_scene(0, sizes=bad)
+
+
 def test_captions():
     striped = Background(stripe_amplitude=0.05)
     red_triangle = SceneObject("triangle", "red", 0.5, 0.5, 0.3)
