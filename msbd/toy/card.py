@@ -91,6 +91,10 @@ def write_model_card(run_dir: str | os.PathLike, export_dir: str | os.PathLike, 
               f"{cfg.get('data', {}).get('size', 'n/a')} px from training seeds 0..N-1 (0 to 3 objects of 4 shapes in "
               "8 colours on textured backgrounds), captions from `scenes.caption`, 10% empty captions for "
               "classifier-free guidance; the VAE on random 64 px crops.",
+              *([f"* UNet + text encoder also: {card['data_single']['n']} single-object scenes (training seeds "
+                 f"500000 on, object sizes {card['data_single']['sizes'][0]:g}-{card['data_single']['sizes'][1]:g} "
+                 "of the short side; `data.n_single`, `data.single_sizes`), encoded by the same VAE."]
+                if card.get("data_single", {}).get("n") else []),
               f"* CLIP: {clip_m.get('config', {}).get('n_train', 'n/a')} training renders and captions (symmetric "
               "InfoNCE).",
               f"* SR: HR renders at sizes {sr_m.get('config', {}).get('sizes', 'n/a')} with the Real-ESRGAN "
@@ -123,6 +127,11 @@ def write_model_card(run_dir: str | os.PathLike, export_dir: str | os.PathLike, 
     if card.get("vae", {}).get("latent_blur_weight"):
         lines += ["", f"The VAE loss includes the latent-blur term with weight {card['vae']['latent_blur_weight']} "
                   "(`vae.latent_blur_weight`: the 3x3-blurred latent must decode to the image too)."]
+    ldm_cfg = cfg.get("ldm", {})
+    if "ldm" in card and (ldm_cfg.get("snr_gamma") or ldm_cfg.get("max_steps")):
+        lines += ["", f"The UNet was trained with min-SNR weighting gamma {ldm_cfg.get('snr_gamma')} (`ldm.snr_gamma`) "
+                  f"and a cosine LR decay from step {ldm_cfg.get('decay_start')} to {ldm_cfg.get('max_steps')} "
+                  "(`ldm.decay_start`, `ldm.max_steps`; 0 = off)."]
     if card.get("ldm", {}).get("object_weight"):
         lines += ["", f"The UNet's eps loss weighs latent cells near objects 1 + {card['ldm']['object_weight']} "
                   "times (`ldm.object_weight`)."]

@@ -93,3 +93,16 @@ def test_card_names_edge_prob_when_used(tmp_path):
 def test_replace_quality_needs_markers():
     with pytest.raises(ValueError, match="QUALITY markers"):
         replace_quality("# card without markers", "x")
+
+
+def test_card_names_the_single_object_set_and_the_ldm_schedule(tmp_path):
+    run, out = _run_dir(tmp_path)
+    (run / "card.json").write_text(json.dumps({
+        "config": {"data": {"n_train": 123, "size": 128}, "ldm": {"snr_gamma": 5.0, "decay_start": 200,
+                                                                  "max_steps": 3000}},
+        "data_single": {"n": 77, "sizes": [0.3, 0.6]}, "ldm": {"init": ""}}))
+    text = write_model_card(run, out, "cmd").read_text()
+    assert "77 single-object scenes" in text and "object sizes 0.3-0.6" in text
+    assert "min-SNR weighting gamma 5.0" in text and "from step 200 to 3000" in text
+    plain = write_model_card(*_run_dir(tmp_path / "b"), "cmd").read_text()
+    assert "single-object scenes" not in plain and "min-SNR" not in plain
