@@ -77,10 +77,13 @@ def validate(cfg: DictConfig) -> None:
     if cfg.threads < 1 or cfg.data.n_train < 1 or cfg.data.size % 8:
         raise ValueError(f"need threads >= 1, data.n_train >= 1 and data.size divisible by 8, got {cfg.threads}, "
                          f"{cfg.data.n_train}, {cfg.data.size}")
+    if not isinstance(cfg.data.n_single, int) or isinstance(cfg.data.n_single, bool):
+        raise ValueError(f"data.n_single must be int, got {cfg.data.n_single!r}")
     if cfg.data.n_train > SINGLE_OFFSET or not 0 <= cfg.data.n_single <= SINGLE_OFFSET:
         raise ValueError(f"need data.n_train <= {SINGLE_OFFSET} and 0 <= data.n_single <= {SINGLE_OFFSET} (the "
                          f"two seed ranges must not overlap), got {cfg.data.n_train}, {cfg.data.n_single}")
-    sizes = list(cfg.data.single_sizes)
+    sizes = cfg.data.single_sizes
+    sizes = list(sizes) if OmegaConf.is_list(sizes) else [sizes]
     if len(sizes) != 2 or not all(isinstance(v, (int, float)) for v in sizes) or not 0 < sizes[0] <= sizes[1] <= 1:
         raise ValueError(f"data.single_sizes must be [min, max] with 0 < min <= max <= 1, got {sizes}")
     for stage in cfg.stages:

@@ -30,6 +30,8 @@ def train_toy():
     ("sr.edge_prob=-0.1", "edge_prob"),
     ("data.n_single=-1", "data.n_single"), ("data.n_train=600000", "must not overlap"),
     ("data.single_sizes=[0.6,0.3]", "single_sizes"), ("data.single_sizes=[0.3]", "single_sizes"),
+    ("data.single_sizes=abc", "single_sizes"), ("data.n_single=abc", "data.n_single must be int"),
+    ("data.n_single=1.5", "data.n_single must be int"),
     ("ldm.init=msbd/toy/weights/toy-sr-x4.safetensors", "ldm.init"),        # a file without UNet / text keys
     ("vae.init=msbd/toy/weights/toy-clip.safetensors", "vae.init"),
 ])
