@@ -228,13 +228,15 @@ def warm_start(module: pl.LightningModule, path: str) -> None:
 
 
 def single_cache(cfg: DictConfig):
-    """The extra single-object renders of `data.n_single` (None when 0), cached per size range."""
+    """The extra single-object renders of `data.n_single` (None when 0), cached per size range, and the name of
+    their latents file."""
     if cfg.data.n_single == 0:
-        return None
+        return None, None
     lo, hi = (float(v) for v in cfg.data.single_sizes)
-    return render_cache(os.path.join(cfg.run_dir, "cache", f"single_{lo:g}-{hi:g}"),
-                        seed_range("train", cfg.data.n_single, SINGLE_OFFSET), cfg.data.size,
-                        renderer=single_object_renderer((lo, hi)))
+    tag = f"single_{lo:g}-{hi:g}"
+    cache = render_cache(os.path.join(cfg.run_dir, "cache", tag), seed_range("train", cfg.data.n_single, SINGLE_OFFSET),
+                         cfg.data.size, renderer=single_object_renderer((lo, hi)))
+    return cache, f"latents_{tag}_{cfg.data.n_single}"
 
 
 def train_ldm(cfg: DictConfig, caches: list, latents: torch.Tensor, scale: float, card: dict) -> str:
@@ -303,11 +305,9 @@ def main(cfg: DictConfig) -> None:
         latents, scale = encode_latents(vae_path, cache, os.path.join(cfg.run_dir, "ldm"))
         card["latent_scale"] = scale
         if "ldm" in cfg.stages:
-            caches, singles = [cache], single_cache(cfg)
+            caches, (singles, name) = [cache], single_cache(cfg)
             if singles is not None:              # encoded by the same VAE; the scale stays the main set's
-                lo, hi = (float(v) for v in cfg.data.single_sizes)
-                extra, _ = encode_latents(vae_path, singles, os.path.join(cfg.run_dir, "ldm"),
-                                          f"latents_single_{cfg.data.n_single}_{lo:g}-{hi:g}")
+                extra, _ = encode_latents(vae_path, singles, os.path.join(cfg.run_dir, "ldm"), name)
                 caches, latents = [cache, singles], torch.cat([latents, extra])
             card["data_single"] = {"n": cfg.data.n_single, "sizes": [float(v) for v in cfg.data.single_sizes]}
             ldm_path = train_ldm(cfg, caches, latents, scale, card)
