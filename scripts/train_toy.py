@@ -38,7 +38,7 @@ from msbd.toy.train_ldm import (  # noqa: E402
 )
 
 
-STAGES = ("vae", "ldm", "clip", "sr")
+STAGES = ("vae", "clip", "ldm", "sr")
 SINGLE_OFFSET = 500_000      # the extra single-object scenes (data.n_single) use training seeds from here on
 
 
@@ -53,7 +53,12 @@ def ldm_config(cfg: DictConfig) -> LDMTrainConfig:
     return LDMTrainConfig(lr=cfg.ldm.lr, warmup_steps=cfg.ldm.warmup_steps, batch_size=cfg.ldm.batch_size,
                           caption_dropout=cfg.ldm.caption_dropout, ema_decay=cfg.ldm.ema_decay,
                           snr_gamma=cfg.ldm.snr_gamma, decay_start=cfg.ldm.decay_start, max_steps=cfg.ldm.max_steps,
-                          object_weight=cfg.ldm.object_weight)
+                          object_weight=cfg.ldm.object_weight, train_text=not cfg.ldm.freeze_text)
+
+
+def text_config(cfg: DictConfig):
+    """The text encoder's sizes: the toy CLIP's text tower with `ldm.freeze_text`, else the jointly trained one."""
+    return presets.TOY_CLIP_TEXT if cfg.ldm.freeze_text else presets.TOY_TEXT
 
 
 def clip_config(cfg: DictConfig):
@@ -95,19 +100,33 @@ def validate(cfg: DictConfig) -> None:
         if stage != "vae" and cfg[stage].max_steps < (1 if stage != "ldm" else 0):
             bound = ">= 0 (0: no step limit)" if stage == "ldm" else "positive"
             raise ValueError(f"{stage}.max_steps must be {bound}, got {cfg[stage].max_steps}")
+    if not isinstance(cfg.ldm.freeze_text, bool):
+        raise ValueError(f"ldm.freeze_text must be true or false, got {cfg.ldm.freeze_text!r}")
+    if "ldm" in cfg.stages and cfg.ldm.freeze_text and "clip" not in cfg.stages and not os.path.isfile(clip_path(cfg)):
+        raise ValueError(f"ldm.freeze_text takes the text encoder from the toy CLIP, and there is none ({clip_path(cfg)}"
+                         f" is missing): add the clip stage (stages=[clip,ldm]) or set ldm.freeze_text=false")
     for stage in ("vae", "ldm"):
         if cfg[stage].init and stage in cfg.stages:
             try:
-                load_init(stage, cfg[stage].init)
+                load_init(stage, cfg[stage].init, text_config(cfg))
             except ValueError as err:               # ldm.checkpoint's CheckpointError: what does not fit
                 raise ValueError(f"{stage}.init: {err}") from None
     for build in (vae_config, ldm_config, clip_config, sr_config):
         config = build(cfg)                         # the dataclasses check their own values; here: their types
         for f in dataclasses.fields(config):
             value, default = getattr(config, f.name), f.default
-            if isinstance(default, (int, float)) and (isinstance(value, bool) or not isinstance(value, (int, float))
+            if isinstance(default, bool) != isinstance(value, bool):
+                raise ValueError(f"{f.name} must be {type(default).__name__}, got {value!r}")
+            if isinstance(default, (int, float)) and not isinstance(default, bool) and (isinstance(value, bool) or not isinstance(value, (int, float))
                                                       or (isinstance(default, int) and not isinstance(value, int))):
                 raise ValueError(f"{f.name} must be {type(default).__name__}, got {value!r}")
+
+
+def clip_path(cfg: DictConfig) -> str:
+    """The source of the frozen text encoder: the toy CLIP in export_dir (written there by the clip stage), else
+    the shipped one."""
+    exported = os.path.join(cfg.export_dir, os.path.basename(presets.CLIP_WEIGHTS))
+    return exported if os.path.isfile(exported) else presets.CLIP_WEIGHTS
 
 
 def precheck(argv: list[str]) -> None:
@@ -206,21 +225,21 @@ INIT_COMPONENTS = {"vae": ("vae",), "ldm": ("unet", "text")}   # what `<stage>.i
 INIT_HINT = "give a CompVis-layout file of the toy sizes, such as msbd/toy/weights/toy-ldm.safetensors"
 
 
-def load_init(stage: str, path: str):
+def load_init(stage: str, path: str, text=presets.TOY_TEXT):
     """The networks `<stage>.init` warm-starts from, read strictly by ldm.checkpoint (one-line CheckpointError
     for a missing file, a foreign format, or keys and shapes that do not fit the toy config)."""
     from ldm.checkpoint import load_models
-    return load_models(path, presets.toy_ldm_config(1.0), components=INIT_COMPONENTS[stage],
+    return load_models(path, presets.toy_ldm_config(1.0, text), components=INIT_COMPONENTS[stage],
                        config_key=f"{stage}.init", hint=INIT_HINT)
 
 
-def warm_start(module: pl.LightningModule, path: str) -> None:
+def warm_start(module: pl.LightningModule, path: str, text=presets.TOY_TEXT) -> None:
     """Load weights from a CompVis-layout file: the VAE (`VAELitModule`), or the UNet and text encoder with their
     EMA copies (`LDMLitModule`). The optimiser starts fresh (a new warm-up) and the step count at 0."""
     if isinstance(module, VAELitModule):
         module.vae.load_state_dict(load_init("vae", path).vae.state_dict())
         return
-    loaded = load_init("ldm", path)
+    loaded = load_init("ldm", path, text)
     for source, parts in ((loaded.unet, (module.unet, module.ema_unet)),
                           (loaded.text_encoder, (module.text_encoder, module.ema_text))):
         for m in parts:
@@ -248,9 +267,14 @@ def train_ldm(cfg: DictConfig, caches: list, latents: torch.Tensor, scale: float
     token_ids = tokenizer([text for cache in caches for text in cache.captions])
     empty_ids = tokenizer([""])[0]
     tc = ldm_config(cfg)
-    module = LDMLitModule(presets.TOY_UNET, presets.TOY_TEXT, tc)
-    if cfg.ldm.init and not os.path.exists(os.path.join(stage_dir, "last.ckpt")):
-        warm_start(module, cfg.ldm.init)
+    text = text_config(cfg)
+    module = LDMLitModule(presets.toy_unet_config(text), text, tc)
+    resuming = os.path.exists(os.path.join(stage_dir, "last.ckpt"))
+    if cfg.ldm.init and not resuming:
+        warm_start(module, cfg.ldm.init, text)
+    if cfg.ldm.freeze_text and not resuming:            # SD v1: the frozen text tower of a contrastive CLIP
+        from msbd.toy.clip_model import clip_text_state
+        module.load_text_encoder(clip_text_state(load_file(clip_path(cfg))))
     weights = None
     if tc.object_weight:
         weights = torch.cat([object_cells(c.images, c.images.shape[1] // latents.shape[-1]) for c in caches])
@@ -261,7 +285,8 @@ def train_ldm(cfg: DictConfig, caches: list, latents: torch.Tensor, scale: float
     state.update({f"cond_stage_model.transformer.{k}": v for k, v in module.ema_text.state_dict().items()})
     save_file({k: v.contiguous() for k, v in state.items()}, out)
     card["ldm"] = {"minutes_last_call": round(minutes, 1), "train_loss_last": _last_metric(stage_dir, "loss"),
-                   "init": cfg.ldm.init, "object_weight": tc.object_weight}
+                   "init": cfg.ldm.init, "object_weight": tc.object_weight,
+                   "text_encoder": f"text tower of {clip_path(cfg)}, frozen" if cfg.ldm.freeze_text else "trained jointly"}
     return out
 
 
@@ -282,7 +307,7 @@ def export(cfg: DictConfig, vae_path: str, ldm_path: str, scale: float) -> None:
     save_file({k: v.half().contiguous() for k, v in state.items()},
               os.path.join(cfg.export_dir, os.path.basename(presets.LDM_WEIGHTS)))
     with open(os.path.join(cfg.export_dir, os.path.basename(presets.LDM_CONFIG)), "w") as f:
-        json.dump(presets.toy_ldm_config_dict(scale), f, indent=2)
+        json.dump(presets.toy_ldm_config_dict(scale, text_config(cfg)), f, indent=2)
 
 
 def _write_card(cfg: DictConfig, card: dict) -> None:
@@ -299,6 +324,11 @@ def main(cfg: DictConfig) -> None:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     os.makedirs(cfg.run_dir, exist_ok=True)
     card: dict = {"config": OmegaConf.to_container(cfg, resolve=True)}
+    if "clip" in cfg.stages:                            # first: the ldm stage takes its text tower
+        from msbd.toy.clip_model import train_clip
+        card["clip"] = train_clip(os.path.join(cfg.run_dir, "clip"), max_minutes=cfg.clip.max_minutes, seed=cfg.seed,
+                                  config=clip_config(cfg))
+        export_copy(cfg, os.path.join(cfg.run_dir, "clip", "clip.safetensors"), presets.CLIP_WEIGHTS)
     if {"vae", "ldm"} & set(cfg.stages):                # the clip and sr stages render their own data
         cache = render_cache(os.path.join(cfg.run_dir, "cache"), seed_range("train", cfg.data.n_train), cfg.data.size)
         vae_path = train_vae(cfg, cache, card)
@@ -312,11 +342,6 @@ def main(cfg: DictConfig) -> None:
             card["data_single"] = {"n": cfg.data.n_single, "sizes": [float(v) for v in cfg.data.single_sizes]}
             ldm_path = train_ldm(cfg, caches, latents, scale, card)
             export(cfg, vae_path, ldm_path, scale)
-    if "clip" in cfg.stages:
-        from msbd.toy.clip_model import train_clip
-        card["clip"] = train_clip(os.path.join(cfg.run_dir, "clip"), max_minutes=cfg.clip.max_minutes, seed=cfg.seed,
-                                  config=clip_config(cfg))
-        export_copy(cfg, os.path.join(cfg.run_dir, "clip", "clip.safetensors"), presets.CLIP_WEIGHTS)
     if "sr" in cfg.stages:
         from msbd.toy.sr_model import train_sr
         card["sr"] = train_sr(os.path.join(cfg.run_dir, "sr"), max_minutes=cfg.sr.max_minutes, seed=cfg.seed,

@@ -3,8 +3,10 @@
 Both are the `ldm` classes at tiny sizes (see `msbd/toy/presets.py`), trained from scratch with
 pytorch-lightning on procedural renders. The VAE follows the KL-autoencoder recipe of latent diffusion
 (reconstruction + a very small KL term; an edge term stands in for the perceptual and GAN losses that
-are too costly here). The UNet learns eps-prediction on the SD-v1 schedule, jointly with the text
-encoder, with caption dropout for classifier-free guidance, and keeps an EMA of its weights. Three options
+are too costly here). The UNet learns eps-prediction on the SD-v1 schedule, with caption dropout for
+classifier-free guidance, and keeps an EMA of its weights. The text encoder is trained jointly from scratch
+(`train_text=True`, the shipped recipe) or, as SD v1 does with CLIP ViT-L/14's, is a contrastively trained CLIP
+text tower held frozen (`train_text=False`; train_toy.py's `ldm.freeze_text` loads the toy CLIP's). Three options
 depart from that plain recipe: `snr_gamma` (min-SNR-gamma loss weighting, Hang et al. 2023), a cosine decay
 of the learning rate from `decay_start` to `max_steps`, and `object_weight` (more eps loss on the latent cells
 around objects, whose outlines are a small part of a 16 x 16 latent of a textured scene); all are off by default.
@@ -129,6 +131,7 @@ class LDMTrainConfig:
     decay_start: int = 0           # with max_steps > 0: constant LR until this step, then cosine to 0 at max_steps
     max_steps: int = 0             # 0: constant LR after warm-up, no step limit (time budget only)
     object_weight: float = 0.0     # > 0: eps loss weight 1 + object_weight on latent cells near an object (see below)
+    train_text: bool = True        # False: the text encoder is frozen (SD v1: CLIP's text tower, see train_toy.py)
 
     def __post_init__(self) -> None:
         if self.snr_gamma < 0:
@@ -186,8 +189,14 @@ class LDMLitModule(pl.LightningModule):
         self.train_config = train_config
         self.ema_unet = copy.deepcopy(self.unet).requires_grad_(False)
         self.ema_text = copy.deepcopy(self.text_encoder).requires_grad_(False)
+        self.text_encoder.requires_grad_(train_config.train_text)
         betas = scaled_linear_betas(train_config.beta_start, train_config.beta_end, train_config.num_train_timesteps)
         self.register_buffer("alpha_bar", alphas_cumprod(betas).float(), persistent=False)
+
+    def load_text_encoder(self, state: dict[str, torch.Tensor]) -> None:
+        """Set the text encoder and its EMA copy (strictly), e.g. to a CLIP text tower that stays frozen."""
+        for m in (self.text_encoder, self.ema_text):
+            m.load_state_dict(state)
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         z0, ids = batch[:2]                                                # [B, 4, h, w], [B, 77]
@@ -195,7 +204,9 @@ class LDMLitModule(pl.LightningModule):
         a = self.alpha_bar[t].view(-1, 1, 1, 1)
         eps = torch.randn_like(z0)
         z_t = a.sqrt() * z0 + (1 - a).sqrt() * eps
-        eps_hat = self.unet(z_t, t, self.text_encoder(ids))
+        with torch.set_grad_enabled(self.train_config.train_text and torch.is_grad_enabled()):
+            context = self.text_encoder(ids)                               # [B, 77, D]
+        eps_hat = self.unet(z_t, t, context)
         err = F.mse_loss(eps_hat, eps, reduction="none")
         if self.train_config.object_weight > 0:                           # cells near objects weigh more; the
             w = 1 + self.train_config.object_weight * batch[2]             # weights of each sample sum to its size
@@ -211,12 +222,17 @@ class LDMLitModule(pl.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         decay = min(self.train_config.ema_decay, (1 + self.global_step) / (10 + self.global_step))
         with torch.no_grad():
-            for ema, live in ((self.ema_unet, self.unet), (self.ema_text, self.text_encoder)):
+            pairs = [(self.ema_unet, self.unet)]
+            if self.train_config.train_text:
+                pairs.append((self.ema_text, self.text_encoder))
+            for ema, live in pairs:
                 for p_ema, p in zip(ema.parameters(), live.parameters()):
                     p_ema.lerp_(p, 1 - decay)
 
     def configure_optimizers(self):
-        params = list(self.unet.parameters()) + list(self.text_encoder.parameters())
+        params = list(self.unet.parameters())
+        if self.train_config.train_text:
+            params += list(self.text_encoder.parameters())
         optimizer = torch.optim.AdamW(params, lr=self.train_config.lr, weight_decay=0.01)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self.train_config.lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

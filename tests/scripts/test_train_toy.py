@@ -34,6 +34,8 @@ def train_toy():
     ("data.n_single=1.5", "data.n_single must be int"),
     ("ldm.init=msbd/toy/weights/toy-sr-x4.safetensors", "ldm.init"),        # a file without UNet / text keys
     ("vae.init=msbd/toy/weights/toy-clip.safetensors", "vae.init"),
+    ("ldm.freeze_text=maybe", "freeze_text"),
+    ("ldm.freeze_text=true ldm.init=msbd/toy/weights/toy-ldm.safetensors", "ldm.init"),   # 64-wide text, 48 wanted
 ])
 def test_bad_options_give_one_error_line(train_toy, capsys, override, words):
     with pytest.raises(SystemExit) as exit_info:
@@ -79,3 +81,31 @@ def test_export_copy_writes_into_export_dir_not_over_the_shipped_file(train_toy,
                                    presets.SR_WEIGHTS)
     assert target == str(tmp_path / "export" / "toy-sr-x4.safetensors") and open(target, "rb").read() == b"new weights"
     assert open(presets.SR_WEIGHTS, "rb").read() == shipped_before
+
+
+def test_freeze_text_trains_the_unet_on_the_clip_text_tower(train_toy, tmp_path):
+    """ldm.freeze_text=true: the UNet gets a 48-wide context, the exported text encoder is exactly the toy CLIP's
+    text tower (clip_text_state of the shipped toy-clip file), and the card says so."""
+    from hydra import compose, initialize_config_dir
+    from safetensors.torch import load_file
+
+    from msbd.toy.clip_model import clip_text_state
+    from msbd.toy.data import render_cache, seed_range
+    with initialize_config_dir(config_dir=os.path.join(ROOT, "configs"), version_base="1.3"):
+        cfg = compose("train_toy", overrides=[f"run_dir={tmp_path}", f"export_dir={tmp_path / 'export'}",
+                                              "ldm.freeze_text=true", "ldm.batch_size=4", "ldm.max_steps=2",
+                                              "ldm.warmup_steps=1"])
+    train_toy.validate(cfg)
+    assert train_toy.text_config(cfg) == presets.TOY_CLIP_TEXT
+    cache = render_cache(str(tmp_path / "cache"), seed_range("train", 8), 128)
+    card: dict = {}
+    out = train_toy.train_ldm(cfg, [cache], torch.randn(8, 4, 16, 16), 1.0, card)
+    state = load_file(out)
+    expected = clip_text_state(load_file(presets.CLIP_WEIGHTS))
+    prefix = "cond_stage_model.transformer."
+    assert {k[len(prefix):] for k in state if k.startswith(prefix)} == set(expected)
+    for k, v in expected.items():
+        torch.testing.assert_close(state[prefix + k], v, rtol=0, atol=0)
+    key = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
+    assert state[key].shape[1] == 48
+    assert card["ldm"]["text_encoder"].endswith("toy-clip.safetensors, frozen")

@@ -106,3 +106,15 @@ def test_card_names_the_single_object_set_and_the_ldm_schedule(tmp_path):
     assert "min-SNR weighting gamma 5.0" in text and "from step 200 to 3000" in text
     plain = write_model_card(*_run_dir(tmp_path / "b"), "cmd").read_text()
     assert "single-object scenes" not in plain and "min-SNR" not in plain
+
+
+def test_card_names_the_frozen_clip_text_encoder_only_when_used(tmp_path):
+    run, out = _run_dir(tmp_path)
+    text = write_model_card(run, out, "python scripts/train_toy.py").read_text()
+    assert "frozen" not in text and "* VAE and UNet + text encoder: 123 scenes" in text
+    card = json.loads((run / "card.json").read_text())
+    card["config"]["ldm"] = {"freeze_text": True}
+    (run / "card.json").write_text(json.dumps(card))
+    text = write_model_card(run, out, "python scripts/train_toy.py ldm.freeze_text=true").read_text()
+    assert "* Text encoder: the text tower of the CLIP below" in text and "`ldm.freeze_text`" in text
+    assert "* VAE and UNet: 123 scenes" in text

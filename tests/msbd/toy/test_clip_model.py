@@ -163,3 +163,34 @@ def test_retrieval_counts_equal_strings_as_hits():
     images = torch.nn.functional.one_hot(torch.tensor(retrieved), 4).float()
     accuracy = retrieval_accuracy(_FakeClip(), images, captions, open_clip.get_tokenizer(TOY_CLIP_NAME))
     assert accuracy == pytest.approx(0.75)
+
+
+def test_text_tower_maps_onto_the_ldm_text_encoder():
+    """clip_text_state: ldm's CLIPTextEncoder with the toy CLIP's text weights gives open_clip's per-token hidden
+    states (after ln_final) exactly, as SD v1's FrozenCLIPEmbedder uses CLIP's."""
+    from ldm.models.clip_text import CLIPTextEncoder
+    from msbd.toy import presets
+    from msbd.toy.clip_model import clip_text_state
+    torch.manual_seed(0)
+    model = create_toy_clip().eval()
+    for p in model.parameters():                # break any symmetry of the initialisation (q/k/v order, LN)
+        p.data.add_(0.05 * torch.randn_like(p))
+    encoder = CLIPTextEncoder(presets.TOY_CLIP_TEXT).eval()
+    encoder.load_state_dict(clip_text_state(model.state_dict()))   # strict: every name, every shape
+    tokens = open_clip.get_tokenizer(TOY_CLIP_NAME)(CAPTIONS)
+    with torch.no_grad():
+        x = model.token_embedding(tokens) + model.positional_embedding
+        expected = model.ln_final(model.transformer(x, attn_mask=model.attn_mask))
+        torch.testing.assert_close(encoder(tokens), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_toy_text_encoder_has_the_toy_clip_text_sizes():
+    from msbd.toy import presets
+    register_toy_clip()
+    text_cfg = open_clip.get_model_config(TOY_CLIP_NAME)["text_cfg"]
+    t = presets.TOY_CLIP_TEXT
+    assert (t.hidden_size, t.num_hidden_layers, t.num_attention_heads) == (
+        text_cfg["width"], text_cfg["layers"], text_cfg["heads"])
+    assert (t.vocab_size, t.max_position_embeddings) == (text_cfg["vocab_size"], text_cfg["context_length"])
+    assert t.intermediate_size == 4 * text_cfg["width"] and t.hidden_act == "gelu"   # open_clip's MLP ratio, GELU
+    assert presets.toy_unet_config(t).context_dim == t.hidden_size

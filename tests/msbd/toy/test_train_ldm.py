@@ -97,6 +97,28 @@ def test_ldm_module_overfits_one_batch_and_tracks_ema():
     assert moved
 
 
+def test_frozen_text_encoder_stays_put_while_the_unet_trains():
+    """train_text=False (SD v1's frozen CLIP text tower): the optimiser holds only UNet parameters, the text
+    encoder gets no gradient and neither it nor its EMA copy changes, while the UNet does."""
+    torch.manual_seed(0)
+    cfg = get_preset("tiny-test")
+    module = LDMLitModule(cfg.unet, cfg.text, LDMTrainConfig(lr=2e-3, train_text=False))
+    source = {k: v + 0.01 for k, v in module.text_encoder.state_dict().items()}
+    module.load_text_encoder(source)
+    optimizer = module.configure_optimizers()["optimizer"]
+    trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert trained == {id(p) for p in module.unet.parameters()}
+    batch = (torch.randn(4, 4, 8, 8), torch.randint(0, 49408, (4, 77)))
+    unet_before = [p.clone() for p in module.unet.parameters()]
+    _steps(module, batch, optimizer, 3)
+    module.on_train_batch_end(None, batch, 0)
+    assert all(p.grad is None for p in module.text_encoder.parameters())
+    for m in (module.text_encoder, module.ema_text):
+        for k, v in m.state_dict().items():
+            torch.testing.assert_close(v, source[k], rtol=0, atol=0)
+    assert any(not torch.equal(a, p) for a, p in zip(unet_before, module.unet.parameters()))
+
+
 def test_latent_scale_factor_is_inverse_std():
     latents = torch.randn(64, 4, 8, 8) * 5.0
     assert abs(latent_scale_factor(latents) - 1 / latents.std().item()) < 1e-4
