@@ -102,9 +102,11 @@ def validate(cfg: DictConfig) -> None:
             raise ValueError(f"{stage}.max_steps must be {bound}, got {cfg[stage].max_steps}")
     if not isinstance(cfg.ldm.freeze_text, bool):
         raise ValueError(f"ldm.freeze_text must be true or false, got {cfg.ldm.freeze_text!r}")
-    if "ldm" in cfg.stages and cfg.ldm.freeze_text and "clip" not in cfg.stages and not os.path.isfile(clip_path(cfg)):
-        raise ValueError(f"ldm.freeze_text takes the text encoder from the toy CLIP, and there is none ({clip_path(cfg)}"
-                         f" is missing): add the clip stage (stages=[clip,ldm]) or set ldm.freeze_text=false")
+    needs_clip = "ldm" in cfg.stages and cfg.ldm.freeze_text and "clip" not in cfg.stages
+    if needs_clip and not os.path.isfile(clip_path(cfg)):
+        raise ValueError(f"ldm.freeze_text takes the text encoder from the toy CLIP, and there is none "
+                         f"({clip_path(cfg)} is missing): add the clip stage (stages=[clip,ldm]) or set "
+                         f"ldm.freeze_text=false")
     for stage in ("vae", "ldm"):
         if cfg[stage].init and stage in cfg.stages:
             try:
@@ -115,10 +117,9 @@ def validate(cfg: DictConfig) -> None:
         config = build(cfg)                         # the dataclasses check their own values; here: their types
         for f in dataclasses.fields(config):
             value, default = getattr(config, f.name), f.default
-            if isinstance(default, bool) != isinstance(value, bool):
-                raise ValueError(f"{f.name} must be {type(default).__name__}, got {value!r}")
-            if isinstance(default, (int, float)) and not isinstance(default, bool) and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                                      or (isinstance(default, int) and not isinstance(value, int))):
+            if (isinstance(default, bool) != isinstance(value, bool)          # bool is an int: checked apart
+                    or isinstance(default, (int, float)) and not isinstance(value, (int, float))
+                    or isinstance(default, int) and not isinstance(value, int)):
                 raise ValueError(f"{f.name} must be {type(default).__name__}, got {value!r}")
 
 
@@ -272,9 +273,10 @@ def train_ldm(cfg: DictConfig, caches: list, latents: torch.Tensor, scale: float
     resuming = os.path.exists(os.path.join(stage_dir, "last.ckpt"))
     if cfg.ldm.init and not resuming:
         warm_start(module, cfg.ldm.init, text)
-    if cfg.ldm.freeze_text and not resuming:            # SD v1: the frozen text tower of a contrastive CLIP
+    text_source = clip_path(cfg) if cfg.ldm.freeze_text else None
+    if text_source and not resuming:                    # SD v1: the frozen text tower of a contrastive CLIP
         from msbd.toy.clip_model import clip_text_state
-        module.load_text_encoder(clip_text_state(load_file(clip_path(cfg))))
+        module.load_text_encoder(clip_text_state(load_file(text_source)))
     weights = None
     if tc.object_weight:
         weights = torch.cat([object_cells(c.images, c.images.shape[1] // latents.shape[-1]) for c in caches])
@@ -286,7 +288,7 @@ def train_ldm(cfg: DictConfig, caches: list, latents: torch.Tensor, scale: float
     save_file({k: v.contiguous() for k, v in state.items()}, out)
     card["ldm"] = {"minutes_last_call": round(minutes, 1), "train_loss_last": _last_metric(stage_dir, "loss"),
                    "init": cfg.ldm.init, "object_weight": tc.object_weight,
-                   "text_encoder": f"text tower of {clip_path(cfg)}, frozen" if cfg.ldm.freeze_text else "trained jointly"}
+                   "text_encoder": f"text tower of {text_source}, frozen" if text_source else "trained jointly"}
     return out
 
 

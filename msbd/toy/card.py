@@ -68,6 +68,7 @@ def write_model_card(run_dir: str | os.PathLike, export_dir: str | os.PathLike, 
     card = _read(run / "card.json")
     cfg = card.get("config", {})
     frozen_text = bool(cfg.get("ldm", {}).get("freeze_text", False))
+    diffusion = "UNet" if frozen_text else "UNet + text encoder"        # what the latent data trained
     if "latent_scale" not in card and (out / "toy-ldm.json").exists():    # the VAE was not trained in run_dir
         card["latent_scale"] = _read(out / "toy-ldm.json").get("scale_factor", "n/a")
     ldm_file, clip_file, sr_file = out / "toy-ldm.safetensors", out / "toy-clip.safetensors", out / "toy-sr-x4.safetensors"
@@ -91,12 +92,11 @@ def write_model_card(run_dir: str | os.PathLike, export_dir: str | os.PathLike, 
               *(["* Text encoder: the text tower of the CLIP below (`clip_model.clip_text_state`), frozen while the "
                  "UNet trains, as SD v1 uses CLIP ViT-L/14's (`ldm.freeze_text`)."]
                 if frozen_text else []),
-              f"* VAE and UNet{'' if frozen_text else ' + text encoder'}: {cfg.get('data', {}).get('n_train', 'n/a')} "
-              "scenes rendered at "
+              f"* VAE and {diffusion}: {cfg.get('data', {}).get('n_train', 'n/a')} scenes rendered at "
               f"{cfg.get('data', {}).get('size', 'n/a')} px from training seeds 0..N-1 (0 to 3 objects of 4 shapes in "
               "8 colours on textured backgrounds), captions from `scenes.caption`, 10% empty captions for "
               "classifier-free guidance; the VAE on random 64 px crops.",
-              *([f"* UNet{'' if frozen_text else ' + text encoder'} also: {card['data_single']['n']} single-object scenes (training seeds "
+              *([f"* {diffusion} also: {card['data_single']['n']} single-object scenes (training seeds "
                  f"500000 on, object sizes {card['data_single']['sizes'][0]:g}-{card['data_single']['sizes'][1]:g} "
                  "of the short side; `data.n_single`, `data.single_sizes`), encoded by the same VAE."]
                 if card.get("data_single", {}).get("n") else []),

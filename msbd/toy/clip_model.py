@@ -199,7 +199,7 @@ def clip_text_state(clip_state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     """The text tower of an open_clip state dict as a state dict of `ldm.models.clip_text.CLIPTextEncoder`.
 
     Stable Diffusion v1 conditions its UNet on the frozen text transformer of a contrastively trained CLIP; the
-    toy world does the same with `msbd-toy-clip` (`presets.TOY_TEXT` has its text tower's sizes). Token and
+    toy world can do the same with `msbd-toy-clip` (`presets.TOY_CLIP_TEXT` has its text tower's sizes). Token and
     position embeddings, the pre-LN blocks (the fused q/k/v projection split in three) and the final LayerNorm
     are kept; the projection and the logit scale are CLIP-only and dropped. Values are returned in float32.
     """

@@ -204,9 +204,7 @@ class LDMLitModule(pl.LightningModule):
         a = self.alpha_bar[t].view(-1, 1, 1, 1)
         eps = torch.randn_like(z0)
         z_t = a.sqrt() * z0 + (1 - a).sqrt() * eps
-        with torch.set_grad_enabled(self.train_config.train_text and torch.is_grad_enabled()):
-            context = self.text_encoder(ids)                               # [B, 77, D]
-        eps_hat = self.unet(z_t, t, context)
+        eps_hat = self.unet(z_t, t, self.text_encoder(ids))     # a frozen encoder (train_text=False) builds no graph
         err = F.mse_loss(eps_hat, eps, reduction="none")
         if self.train_config.object_weight > 0:                           # cells near objects weigh more; the
             w = 1 + self.train_config.object_weight * batch[2]             # weights of each sample sum to its size

@@ -109,3 +109,14 @@ def test_freeze_text_trains_the_unet_on_the_clip_text_tower(train_toy, tmp_path)
     key = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
     assert state[key].shape[1] == 48
     assert card["ldm"]["text_encoder"].endswith("toy-clip.safetensors, frozen")
+
+
+def test_freeze_text_without_any_toy_clip_is_one_error_line(train_toy, capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(presets, "CLIP_WEIGHTS", str(tmp_path / "none" / "toy-clip.safetensors"))
+    with pytest.raises(SystemExit) as exit_info:
+        train_toy.precheck(["ldm.freeze_text=true", "stages=[ldm]", f"export_dir={tmp_path / 'export'}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err and "add the clip stage" in err, err
+    train_toy.precheck(["ldm.freeze_text=true", "stages=[clip,ldm]", f"export_dir={tmp_path / 'export'}"])  # trained here
+    assert not (tmp_path / "export").exists()
