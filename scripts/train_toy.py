@@ -53,7 +53,8 @@ def ldm_config(cfg: DictConfig) -> LDMTrainConfig:
     return LDMTrainConfig(lr=cfg.ldm.lr, warmup_steps=cfg.ldm.warmup_steps, batch_size=cfg.ldm.batch_size,
                           caption_dropout=cfg.ldm.caption_dropout, ema_decay=cfg.ldm.ema_decay,
                           snr_gamma=cfg.ldm.snr_gamma, decay_start=cfg.ldm.decay_start, max_steps=cfg.ldm.max_steps,
-                          object_weight=cfg.ldm.object_weight, train_text=not cfg.ldm.freeze_text)
+                          object_weight=cfg.ldm.object_weight, train_text=not cfg.ldm.freeze_text,
+                          offset_noise=cfg.ldm.offset_noise)
 
 
 def text_config(cfg: DictConfig):
@@ -73,8 +74,23 @@ def sr_config(cfg: DictConfig):
                          edge_prob=cfg.sr.edge_prob)
 
 
+def check_types(cfg: DictConfig) -> None:
+    """Each scalar option has the type of its default in configs/train_toy.yaml (an int is a float too)."""
+    defaults = OmegaConf.load(os.path.join(ROOT, "configs", "train_toy.yaml"))
+    for section in ("data", "vae", "ldm", "clip", "sr"):
+        for key, default in defaults[section].items():
+            value = cfg[section][key]
+            if (isinstance(default, bool) != isinstance(value, bool)              # bool is an int: checked apart
+                    or isinstance(default, (int, float)) and not isinstance(value, (int, float))
+                    or isinstance(default, int) and not isinstance(value, int)
+                    or isinstance(default, str) and not isinstance(value, str)):
+                kind = "true or false" if isinstance(default, bool) else type(default).__name__
+                raise ValueError(f"{section}.{key} must be {kind}, got {value!r}")
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise ValueError (one line) for a configuration that would fail or misbehave only once training runs."""
+    check_types(cfg)
     for key in ("stages", "force"):
         unknown = [s for s in cfg[key] if s not in STAGES]
         if unknown:
@@ -82,8 +98,6 @@ def validate(cfg: DictConfig) -> None:
     if cfg.threads < 1 or cfg.data.n_train < 1 or cfg.data.size % 8:
         raise ValueError(f"need threads >= 1, data.n_train >= 1 and data.size divisible by 8, got {cfg.threads}, "
                          f"{cfg.data.n_train}, {cfg.data.size}")
-    if not isinstance(cfg.data.n_single, int) or isinstance(cfg.data.n_single, bool):
-        raise ValueError(f"data.n_single must be int, got {cfg.data.n_single!r}")
     if cfg.data.n_train > SINGLE_OFFSET or not 0 <= cfg.data.n_single <= SINGLE_OFFSET:
         raise ValueError(f"need data.n_train <= {SINGLE_OFFSET} and 0 <= data.n_single <= {SINGLE_OFFSET} (the "
                          f"two seed ranges must not overlap), got {cfg.data.n_train}, {cfg.data.n_single}")
@@ -100,8 +114,6 @@ def validate(cfg: DictConfig) -> None:
         if stage != "vae" and cfg[stage].max_steps < (1 if stage != "ldm" else 0):
             bound = ">= 0 (0: no step limit)" if stage == "ldm" else "positive"
             raise ValueError(f"{stage}.max_steps must be {bound}, got {cfg[stage].max_steps}")
-    if not isinstance(cfg.ldm.freeze_text, bool):
-        raise ValueError(f"ldm.freeze_text must be true or false, got {cfg.ldm.freeze_text!r}")
     needs_clip = "ldm" in cfg.stages and cfg.ldm.freeze_text and "clip" not in cfg.stages
     if needs_clip and not os.path.isfile(clip_path(cfg)):
         raise ValueError(f"ldm.freeze_text takes the text encoder from the toy CLIP, and there is none "
@@ -114,13 +126,7 @@ def validate(cfg: DictConfig) -> None:
             except ValueError as err:               # ldm.checkpoint's CheckpointError: what does not fit
                 raise ValueError(f"{stage}.init: {err}") from None
     for build in (vae_config, ldm_config, clip_config, sr_config):
-        config = build(cfg)                         # the dataclasses check their own values; here: their types
-        for f in dataclasses.fields(config):
-            value, default = getattr(config, f.name), f.default
-            if (isinstance(default, bool) != isinstance(value, bool)          # bool is an int: checked apart
-                    or isinstance(default, (int, float)) and not isinstance(value, (int, float))
-                    or isinstance(default, int) and not isinstance(value, int)):
-                raise ValueError(f"{f.name} must be {type(default).__name__}, got {value!r}")
+        build(cfg)                                  # the dataclasses check their own values
 
 
 def clip_path(cfg: DictConfig) -> str:
@@ -287,7 +293,7 @@ def train_ldm(cfg: DictConfig, caches: list, latents: torch.Tensor, scale: float
     state.update({f"cond_stage_model.transformer.{k}": v for k, v in module.ema_text.state_dict().items()})
     save_file({k: v.contiguous() for k, v in state.items()}, out)
     card["ldm"] = {"minutes_last_call": round(minutes, 1), "train_loss_last": _last_metric(stage_dir, "loss"),
-                   "init": cfg.ldm.init, "object_weight": tc.object_weight,
+                   "init": cfg.ldm.init, "object_weight": tc.object_weight, "offset_noise": tc.offset_noise,
                    "text_encoder": f"text tower of {text_source}, frozen" if text_source else "trained jointly"}
     return out
 

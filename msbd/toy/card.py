@@ -140,6 +140,9 @@ def write_model_card(run_dir: str | os.PathLike, export_dir: str | os.PathLike, 
     if card.get("ldm", {}).get("object_weight"):
         lines += ["", f"The UNet's eps loss weighs latent cells near objects 1 + {card['ldm']['object_weight']} "
                   "times (`ldm.object_weight`)."]
+    if card.get("ldm", {}).get("offset_noise"):
+        lines += ["", f"The UNet was trained with offset noise of std {card['ldm']['offset_noise']} "
+                  "(`ldm.offset_noise`: a per-sample, per-channel constant added to eps)."]
     lines += ["", "Training resumes from `train_runs/toy/<stage>/last.ckpt` when run again; budgets are totals.", "",
               "## Quality bars", "", QUALITY_BEGIN,
               "Not measured yet: `python scripts/run.py +experiment=toy_quality toy_quality.update_card=true`.",

@@ -6,10 +6,13 @@ pytorch-lightning on procedural renders. The VAE follows the KL-autoencoder reci
 are too costly here). The UNet learns eps-prediction on the SD-v1 schedule, with caption dropout for
 classifier-free guidance, and keeps an EMA of its weights. The text encoder is trained jointly from scratch
 (`train_text=True`, the shipped recipe) or, as SD v1 does with CLIP ViT-L/14's, is a contrastively trained CLIP
-text tower held frozen (`train_text=False`; train_toy.py's `ldm.freeze_text` loads the toy CLIP's). Three options
+text tower held frozen (`train_text=False`; train_toy.py's `ldm.freeze_text` loads the toy CLIP's). Four options
 depart from that plain recipe: `snr_gamma` (min-SNR-gamma loss weighting, Hang et al. 2023), a cosine decay
-of the learning rate from `decay_start` to `max_steps`, and `object_weight` (more eps loss on the latent cells
-around objects, whose outlines are a small part of a 16 x 16 latent of a textured scene); all are off by default.
+of the learning rate from `decay_start` to `max_steps`, `object_weight` (more eps loss on the latent cells
+around objects, whose outlines are a small part of a 16 x 16 latent of a textured scene) and `offset_noise`
+(Guttenberg 2023: eps gets a per-sample, per-channel constant of this std, so that the UNet does not read the
+image's mean colour off the start noise; on a 16 x 16 latent the noise's own channel means have std 1/16, four
+times SD's at 64 x 64); all are off by default. Sampling is SD's in every case.
 """
 from __future__ import annotations
 
@@ -132,12 +135,15 @@ class LDMTrainConfig:
     max_steps: int = 0             # 0: constant LR after warm-up, no step limit (time budget only)
     object_weight: float = 0.0     # > 0: eps loss weight 1 + object_weight on latent cells near an object (see below)
     train_text: bool = True        # False: the text encoder is frozen (SD v1: CLIP's text tower, see train_toy.py)
+    offset_noise: float = 0.0      # > 0: std of a per-sample, per-channel constant added to eps (offset noise)
 
     def __post_init__(self) -> None:
         if self.snr_gamma < 0:
             raise ValueError(f"snr_gamma must be >= 0, got {self.snr_gamma}")
         if self.object_weight < 0:
             raise ValueError(f"object_weight must be >= 0, got {self.object_weight}")
+        if self.offset_noise < 0:
+            raise ValueError(f"offset_noise must be >= 0, got {self.offset_noise}")
         if self.max_steps < 0 or self.decay_start < 0 or (self.max_steps and self.decay_start >= self.max_steps):
             raise ValueError(f"need 0 <= decay_start < max_steps (or max_steps = 0), got {self.decay_start}, "
                              f"{self.max_steps}")
@@ -203,6 +209,8 @@ class LDMLitModule(pl.LightningModule):
         t = torch.randint(0, self.train_config.num_train_timesteps, (z0.shape[0],), device=z0.device)
         a = self.alpha_bar[t].view(-1, 1, 1, 1)
         eps = torch.randn_like(z0)
+        if self.train_config.offset_noise > 0:                            # one constant per sample and channel
+            eps = eps + self.train_config.offset_noise * torch.randn_like(z0[:, :, :1, :1])
         z_t = a.sqrt() * z0 + (1 - a).sqrt() * eps
         eps_hat = self.unet(z_t, t, self.text_encoder(ids))     # a frozen encoder (train_text=False) builds no graph
         err = F.mse_loss(eps_hat, eps, reduction="none")

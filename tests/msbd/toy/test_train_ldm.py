@@ -180,6 +180,33 @@ def test_object_weight_weighs_the_eps_error_of_object_cells():
         LDMTrainConfig(object_weight=-1)
 
 
+def test_offset_noise_adds_one_constant_per_sample_and_channel_to_the_target():
+    cfg = get_preset("tiny-test")
+    module = LDMLitModule(cfg.unet, cfg.text, LDMTrainConfig())
+    module.log = lambda *a, **k: None
+    z0, ids = torch.randn(3, 4, 8, 8), torch.randint(0, 49408, (3, 77))
+    seen = {}
+    original_unet = module.unet.forward
+    module.unet.forward = lambda x, t, c: original_unet(x, t, c) * 0 + seen.setdefault("x", x) * 0
+    targets = {}
+    for offset in (0.0, 0.5):
+        module.train_config = LDMTrainConfig(offset_noise=offset)
+        seen.clear()
+        torch.manual_seed(3)
+        with torch.no_grad():
+            targets[offset] = module.training_step((z0, ids), 0).item()          # eps_hat = 0: loss = E[eps^2]
+        t = (torch.manual_seed(3), torch.randint(0, 1000, (3,)))[1]
+        a = module.alpha_bar[t].view(-1, 1, 1, 1)
+        eps = (seen["x"] - a.sqrt() * z0) / (1 - a).sqrt()                       # the noise that was added
+        plain = (torch.manual_seed(3), torch.randint(0, 1000, (3,)), torch.randn_like(z0))[2]
+        shift = eps - plain                                                      # what offset noise added
+        torch.testing.assert_close(shift, shift[:, :, :1, :1].expand_as(shift), atol=1e-4, rtol=0)
+        assert (shift.abs().max() < 1e-4) == (offset == 0.0)
+        assert abs(targets[offset] - eps.pow(2).mean().item()) < 1e-4            # the UNet is asked for eps + offset
+    with pytest.raises(ValueError, match="offset_noise"):
+        LDMTrainConfig(offset_noise=-0.1)
+
+
 def test_lr_factor_warmup_constant_then_cosine():
     plain = LDMTrainConfig(warmup_steps=10)
     assert plain.lr_factor(0) == 0.1 and plain.lr_factor(9) == 1.0 and plain.lr_factor(10**6) == 1.0
