@@ -24,6 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -220,7 +221,8 @@ def encode_latents(vae_path: str, cache, stage_dir: str, name: str = "latents") 
     from ldm.models.autoencoder import AutoencoderKL
     vae = AutoencoderKL(presets.TOY_VAE).eval()
     vae.load_state_dict(load_file(vae_path))
-    chunks = [vae.encode(images_to_tensor(cache.images[i:i + 256]) * 2 - 1) for i in range(0, len(cache), 256)]
+    chunks = [vae.encode(images_to_tensor(cache.images[i:i + 256]) * 2 - 1)
+              for i in tqdm(range(0, len(cache), 256), desc=f"encode {name}", unit="chunk")]
     latents = torch.cat(chunks)                                             # [N, 4, 16, 16], unscaled
     scale = latent_scale_factor(latents)
     os.makedirs(stage_dir, exist_ok=True)

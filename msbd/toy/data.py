@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from tqdm.auto import tqdm
 
 TRAIN_SEEDS = range(0, 10**6)
 HELDOUT_SEEDS = range(10**6, 2 * 10**6)
@@ -130,6 +131,7 @@ def _read_meta(path: str, seeds: range, height: int, width: int) -> dict:
 def _fill(images: np.ndarray, meta: dict, path: str, seeds: range, chunk: int, renderer: Renderer) -> None:
     """Render the missing chunks; meta.json is rewritten (atomically) only after a chunk is flushed to disk."""
     height, width = images.shape[1:3]
+    bar = tqdm(total=len(seeds), initial=meta["done"], desc=f"render {os.path.basename(path)}", unit="scene")
     while meta["done"] < len(seeds):
         stop = min(meta["done"] + chunk, len(seeds))
         for i in range(meta["done"], stop):
@@ -145,6 +147,8 @@ def _fill(images: np.ndarray, meta: dict, path: str, seeds: range, chunk: int, r
         with open(tmp, "w") as f:
             json.dump(meta, f)
         os.replace(tmp, os.path.join(path, "meta.json"))
+        bar.update(stop - bar.n)
+    bar.close()
 
 
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:
