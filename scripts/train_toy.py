@@ -60,7 +60,7 @@ def ldm_config(cfg: DictConfig) -> LDMTrainConfig:
 
 def text_config(cfg: DictConfig):
     """The text encoder's sizes: the toy CLIP's text tower with `ldm.freeze_text`, else the jointly trained one."""
-    return presets.TOY_CLIP_TEXT if cfg.ldm.freeze_text else presets.TOY_TEXT
+    return presets.TOY_CLIP_TEXT if cfg.ldm.freeze_text else presets.TOY_JOINT_TEXT
 
 
 def clip_config(cfg: DictConfig):
@@ -234,7 +234,7 @@ INIT_COMPONENTS = {"vae": ("vae",), "ldm": ("unet", "text")}   # what `<stage>.i
 INIT_HINT = "give a CompVis-layout file of the toy sizes, such as msbd/toy/weights/toy-ldm.safetensors"
 
 
-def load_init(stage: str, path: str, text=presets.TOY_TEXT):
+def load_init(stage: str, path: str, text=presets.TOY_CLIP_TEXT):
     """The networks `<stage>.init` warm-starts from, read strictly by ldm.checkpoint (one-line CheckpointError
     for a missing file, a foreign format, or keys and shapes that do not fit the toy config)."""
     from ldm.checkpoint import load_models
@@ -242,7 +242,7 @@ def load_init(stage: str, path: str, text=presets.TOY_TEXT):
                        config_key=f"{stage}.init", hint=INIT_HINT)
 
 
-def warm_start(module: pl.LightningModule, path: str, text=presets.TOY_TEXT) -> None:
+def warm_start(module: pl.LightningModule, path: str, text=presets.TOY_CLIP_TEXT) -> None:
     """Load weights from a CompVis-layout file: the VAE (`VAELitModule`), or the UNet and text encoder with their
     EMA copies (`LDMLitModule`). The optimiser starts fresh (a new warm-up) and the step count at 0."""
     if isinstance(module, VAELitModule):

@@ -5,14 +5,15 @@ pytorch-lightning on procedural renders. The VAE follows the KL-autoencoder reci
 (reconstruction + a very small KL term; an edge term stands in for the perceptual and GAN losses that
 are too costly here). The UNet learns eps-prediction on the SD-v1 schedule, with caption dropout for
 classifier-free guidance, and keeps an EMA of its weights. The text encoder is trained jointly from scratch
-(`train_text=True`, the shipped recipe) or, as SD v1 does with CLIP ViT-L/14's, is a contrastively trained CLIP
-text tower held frozen (`train_text=False`; train_toy.py's `ldm.freeze_text` loads the toy CLIP's). Four options
-depart from that plain recipe: `snr_gamma` (min-SNR-gamma loss weighting, Hang et al. 2023), a cosine decay
+(`train_text=True`) or, as SD v1 does with CLIP ViT-L/14's, is a contrastively trained CLIP text tower held frozen
+(`train_text=False`, the shipped recipe: train_toy.py's `ldm.freeze_text` loads the toy CLIP's). Four options
+depart from the plain recipe: `snr_gamma` (min-SNR-gamma loss weighting, Hang et al. 2023), a cosine decay
 of the learning rate from `decay_start` to `max_steps`, `object_weight` (more eps loss on the latent cells
 around objects, whose outlines are a small part of a 16 x 16 latent of a textured scene) and `offset_noise`
 (Guttenberg 2023: eps gets a per-sample, per-channel constant of this std, so that the UNet does not read the
 image's mean colour off the start noise; on a 16 x 16 latent the noise's own channel means have std 1/16, four
-times SD's at 64 x 64); all are off by default. Sampling is SD's in every case.
+times SD's at 64 x 64); all are off here by default (configs/train_toy.yaml sets the shipped recipe's). Sampling
+is SD's in every case.
 """
 from __future__ import annotations
 

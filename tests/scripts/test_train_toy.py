@@ -36,7 +36,7 @@ def train_toy():
     ("ldm.init=msbd/toy/weights/toy-sr-x4.safetensors", "ldm.init"),        # a file without UNet / text keys
     ("vae.init=msbd/toy/weights/toy-clip.safetensors", "vae.init"),
     ("ldm.freeze_text=maybe", "freeze_text"),
-    ("ldm.freeze_text=true ldm.init=msbd/toy/weights/toy-ldm.safetensors", "ldm.init"),   # 64-wide text, 48 wanted
+    ("ldm.freeze_text=false ldm.init=msbd/toy/weights/toy-ldm.safetensors", "ldm.init"),  # 48-wide text, 64 wanted
 ])
 def test_bad_options_give_one_error_line(train_toy, capsys, override, words):
     with pytest.raises(SystemExit) as exit_info:
@@ -58,7 +58,7 @@ def test_warm_start_loads_the_vae_or_the_unet_and_text_encoder(train_toy):
     from safetensors.torch import load_file
 
     from msbd.toy.train_ldm import LDMLitModule, LDMTrainConfig
-    module = LDMLitModule(presets.TOY_UNET, presets.TOY_TEXT, LDMTrainConfig())
+    module = LDMLitModule(presets.TOY_UNET, presets.TOY_CLIP_TEXT, LDMTrainConfig())
     train_toy.warm_start(module, presets.LDM_WEIGHTS)
     shipped = load_file(presets.LDM_WEIGHTS)
     for name, part in (("model.diffusion_model.out.2.weight", module.unet.out[2].weight),
@@ -84,9 +84,11 @@ def test_export_copy_writes_into_export_dir_not_over_the_shipped_file(train_toy,
     assert open(presets.SR_WEIGHTS, "rb").read() == shipped_before
 
 
-def test_freeze_text_trains_the_unet_on_the_clip_text_tower(train_toy, tmp_path):
-    """ldm.freeze_text=true: the UNet gets a 48-wide context, the exported text encoder is exactly the toy CLIP's
-    text tower (clip_text_state of the shipped toy-clip file), and the card says so."""
+@pytest.mark.parametrize("freeze", [True, False])
+def test_ldm_stage_trains_on_the_frozen_clip_text_tower_or_a_joint_encoder(train_toy, tmp_path, freeze):
+    """ldm.freeze_text=true (the default): the UNet gets a 48-wide context, the exported text encoder is exactly the
+    toy CLIP's text tower (clip_text_state of the shipped toy-clip file); false: a 64-wide encoder that trains with
+    the UNet (so it leaves the CLIP tower's sizes and moves). The card says which."""
     from hydra import compose, initialize_config_dir
     from safetensors.torch import load_file
 
@@ -94,22 +96,29 @@ def test_freeze_text_trains_the_unet_on_the_clip_text_tower(train_toy, tmp_path)
     from msbd.toy.data import render_cache, seed_range
     with initialize_config_dir(config_dir=os.path.join(ROOT, "configs"), version_base="1.3"):
         cfg = compose("train_toy", overrides=[f"run_dir={tmp_path}", f"export_dir={tmp_path / 'export'}",
-                                              "ldm.freeze_text=true", "ldm.batch_size=4", "ldm.max_steps=2",
-                                              "ldm.warmup_steps=1"])
+                                              f"ldm.freeze_text={str(freeze).lower()}", "ldm.batch_size=4",
+                                              "ldm.max_steps=2", "ldm.decay_start=0", "ldm.warmup_steps=1",
+                                              "ldm.lr=1e-2"])
     train_toy.validate(cfg)
-    assert train_toy.text_config(cfg) == presets.TOY_CLIP_TEXT
+    text = presets.TOY_CLIP_TEXT if freeze else presets.TOY_JOINT_TEXT
+    assert train_toy.text_config(cfg) == text
     cache = render_cache(str(tmp_path / "cache"), seed_range("train", 8), 128)
     card: dict = {}
     out = train_toy.train_ldm(cfg, [cache], torch.randn(8, 4, 16, 16), 1.0, card)
     state = load_file(out)
-    expected = clip_text_state(load_file(presets.CLIP_WEIGHTS))
     prefix = "cond_stage_model.transformer."
-    assert {k[len(prefix):] for k in state if k.startswith(prefix)} == set(expected)
-    for k, v in expected.items():
-        torch.testing.assert_close(state[prefix + k], v, rtol=0, atol=0)
     key = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
-    assert state[key].shape[1] == 48
-    assert card["ldm"]["text_encoder"].endswith("toy-clip.safetensors, frozen")
+    assert state[key].shape[1] == text.hidden_size
+    norm = state[prefix + "text_model.final_layer_norm.weight"]
+    if freeze:
+        expected = clip_text_state(load_file(presets.CLIP_WEIGHTS))
+        assert {k[len(prefix):] for k in state if k.startswith(prefix)} == set(expected)
+        for k, v in expected.items():
+            torch.testing.assert_close(state[prefix + k], v, rtol=0, atol=0)
+        assert card["ldm"]["text_encoder"].endswith("toy-clip.safetensors, frozen")
+    else:
+        assert norm.shape == (64,) and not torch.equal(norm, torch.ones(64))   # trained away from its init
+        assert card["ldm"]["text_encoder"] == "trained jointly"
 
 
 def test_freeze_text_without_any_toy_clip_is_one_error_line(train_toy, capsys, monkeypatch, tmp_path):
