@@ -11,7 +11,6 @@ the same code path as a real `sd-v1-4.ckpt`. `MODEL_CARD.md` records data, comma
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
