@@ -72,25 +72,29 @@ def ddim_alpha_bars(alpha_bar: torch.Tensor, timesteps: list[int]) -> tuple[list
 def repaint_schedule(num_steps: int, repaint_steps: int = 0, jump: int = 0) -> list[Op]:
     """Explicit list of denoise/renoise operations for RePaint resampling over DDIM steps num_steps-1..0.
 
-    The steps are cut into windows of `jump` consecutive DDIM steps aligned to the bottom (step 0; the top
-    window may be shorter). Each window is run `repaint_steps + 1` times in total, with a renoise back to the
-    window's top between passes. jump 0 and 1 both mean one step per window (the reference's j = 0).
-    repaint_steps = 0 gives plain DDIM: [("denoise", n-1), ..., ("denoise", 0)].
-    Differences from the reference (see docs/SAMPLER.md): no index wrap-around at step 0, the top window gets all
-    its renoises, and r counts extra passes for every jump (the reference's j > 0 uses r - 1 extra passes).
+    Windows follow RePaint's `get_schedule_jump` (Lugmayr et al. 2022): steps 1..j, j+1..2j, ..., k*j+1..(k+1)*j
+    for every full window with (k+1)*j < num_steps. Step 0 (Alg. 1's t = 1) is never resampled, nor are the top
+    steps above the last full window. Each window is run `repaint_steps + 1` times in total, with a renoise from
+    the level reached after its lowest step back to the level its highest step starts from between passes.
+    jump 0 and 1 both mean one step per window (the reference's j = 0). repaint_steps = 0 gives plain DDIM:
+    [("denoise", n-1), ..., ("denoise", 0)]. Differences from the reference (see docs/SAMPLER.md): no index
+    wrap-around at step 0, and r counts extra passes for every jump (the reference's j > 0 uses r - 1 extra passes).
     """
     if num_steps <= 0:
         raise ValueError(f"num_steps must be positive, got {num_steps}")
     if repaint_steps < 0 or jump < 0:
         raise ValueError(f"repaint_steps and jump must be >= 0, got {repaint_steps}, {jump}")
     jump = max(jump, 1)
-    ops: list[Op] = []
-    for i_lo in reversed(range(0, num_steps, jump)):  # windows [i_lo, i_hi], top window possibly shorter
-        i_hi = min(i_lo + jump, num_steps) - 1
+    n_windows = (num_steps - 1) // jump  # full windows [k*j + 1, (k+1)*j] below num_steps
+    top = n_windows * jump  # steps top+1..num_steps-1 are run once
+    ops: list[Op] = [("denoise", i) for i in range(num_steps - 1, top, -1)]
+    for k in reversed(range(n_windows)):
+        i_lo, i_hi = k * jump + 1, (k + 1) * jump
         for p in range(repaint_steps + 1):
             ops += [("denoise", i) for i in range(i_hi, i_lo - 1, -1)]
             if p < repaint_steps:
                 ops.append(("renoise", i_lo, i_hi))
+    ops.append(("denoise", 0))
     return ops
 
 

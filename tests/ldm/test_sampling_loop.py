@@ -123,10 +123,10 @@ def test_callback_and_model_calls_follow_the_repaint_schedule(source):
     config = cfg(num_steps=5, repaint_steps=1, repaint_jump=2, guidance_scale=1.0)
     sample(model, config, generators=gens(1, 2), context=torch.ones(2, 3, 8), source=source,
            mask=half_mask(), callback=_record(log))
-    # windows [4], [3, 2], [1, 0] of timesteps [1, 201, 401, 601, 801], each run twice
-    expected = [801, 801, 601, 401, 601, 401, 201, 1, 201, 1]
+    # windows [4, 3], [2, 1] of timesteps [1, 201, 401, 601, 801], each run twice; step 0 once (RePaint)
+    expected = [801, 601, 801, 601, 401, 201, 401, 201, 1]
     assert t_seen == expected
-    assert [entry[0] for entry in log] == list(range(10)) and [entry[1] for entry in log] == expected
+    assert [entry[0] for entry in log] == list(range(9)) and [entry[1] for entry in log] == expected
     assert log[0][2].shape == SHAPE and log[0][3].shape == SHAPE
 
 

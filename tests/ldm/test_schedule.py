@@ -72,25 +72,42 @@ def test_repaint_r0_is_plain_ddim_for_any_jump():
 
 def test_repaint_schedule_per_step_table():
     D, R = "denoise", "renoise"
+    # RePaint Alg. 1: every step but the last (t = 1, our step 0) is resampled
     assert repaint_schedule(3, 2, 0) == [
         (D, 2), (R, 2, 2), (D, 2), (R, 2, 2), (D, 2),
         (D, 1), (R, 1, 1), (D, 1), (R, 1, 1), (D, 1),
-        (D, 0), (R, 0, 0), (D, 0), (R, 0, 0), (D, 0),
+        (D, 0),
     ]
     assert repaint_schedule(3, 1, 1) == repaint_schedule(3, 1, 0)  # j = 0 spells j = 1
 
 
 def test_repaint_schedule_jump_table():
     D, R = "denoise", "renoise"
-    # n = 5, j = 2: windows [4], [3, 2], [1, 0] (aligned to step 0; top window shorter), each run r + 1 = 2 times
+    # n = 5, j = 2: windows [4, 3], [2, 1] as RePaint's get_schedule_jump; step 0 once; each window r + 1 = 2 times
     assert repaint_schedule(5, 1, 2) == [
-        (D, 4), (R, 4, 4), (D, 4),
-        (D, 3), (D, 2), (R, 2, 3), (D, 3), (D, 2),
-        (D, 1), (D, 0), (R, 0, 1), (D, 1), (D, 0),
+        (D, 4), (D, 3), (R, 3, 4), (D, 4), (D, 3),
+        (D, 2), (D, 1), (R, 1, 2), (D, 2), (D, 1),
+        (D, 0),
     ]
     ops = repaint_schedule(50, 5, 0)
-    assert sum(op[0] == D for op in ops) == 300  # as the reference
-    assert sum(op[0] == R for op in ops) == 250  # reference: 244 (skips at the first level, wraps at the last)
+    assert sum(op[0] == D for op in ops) == 49 * 6 + 1  # reference: 300 (it also repeats the last step)
+    assert sum(op[0] == R for op in ops) == 49 * 5  # reference: 244 (skips at the first level, wraps at the last)
+
+
+@pytest.mark.parametrize("n, r, j", [(20, 1, 5), (20, 2, 5), (21, 1, 5), (7, 3, 1), (10, 1, 3), (4, 2, 4)])
+def test_repaint_windows_follow_get_schedule_jump(n, r, j):
+    """RePaint's windows are steps 1..j, j+1..2j, ... below n; the final step 0 and a partial top window run once.
+
+    n = 20, j = 5 repeats steps 1-15 (RePaint), not 0-19."""
+    ops = repaint_schedule(n, r, j)
+    runs = {i: ops.count(("denoise", i)) for i in range(n)}
+    resampled_top = (n - 1) // j * j
+    assert runs == {i: r + 1 if 1 <= i <= resampled_top else 1 for i in range(n)}
+    if (n, j) == (20, 5):
+        assert {i for i, c in runs.items() if c > 1} == set(range(1, 16))
+    assert ops[-1] == ("denoise", 0)
+    renoises = [op[1:] for op in ops if op[0] == "renoise"]
+    assert renoises == [(k * j + 1, (k + 1) * j) for k in reversed(range(resampled_top // j)) for _ in range(r)]
 
 
 def test_repaint_schedule_rejects_negative():
