@@ -62,6 +62,11 @@ class LDMConfig:
     def latent_size(self) -> int:
         return self.image_size // self.vae.downsample_factor
 
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this: VAE factor x UNet downsampling (64 for SD v1)."""
+        return self.vae.downsample_factor * 2 ** (len(self.unet.channel_mult) - 1)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (tuples become lists)."""
         return _plain(dataclasses.asdict(self))

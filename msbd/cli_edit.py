@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from msbd.config import MSBDConfig
+from msbd.config import MSBDConfig, resolve_seed
 from msbd.crop import plan_crop, stage_sizes
 from msbd.errors import InputError
 from msbd.io import _check_output, load_image, load_mask, save_png_atomic
@@ -45,12 +45,16 @@ def validate_prompt(prompt: str, bundle: ModelBundle) -> str:
     return prompt
 
 
-def validate_config(config: MSBDConfig) -> None:
-    """`MSBDConfig.validate` as a one-line InputError."""
+def validate_config(config: MSBDConfig, multiple: int | None = None) -> None:
+    """`MSBDConfig.validate` (and `check_multiples` when the model's size multiple is given) as a one-line
+    InputError; seed -1 is replaced in `config` by a drawn seed, so the run and the output's metadata use it."""
     try:
         config.validate()
+        if multiple is not None:
+            config.check_multiples(multiple)
     except ValueError as err:
         raise InputError(f"invalid setting: {err}") from None
+    config.seed = resolve_seed(config.seed)
 
 
 def _unet_bytes(bundle: ModelBundle, side_px: int, batch: int) -> float:

@@ -7,12 +7,16 @@ reproduce the authors' code where it departs from what we believe correct; the d
 Defaults are the reference CLI's for Stable Diffusion v1 (native 512 px). Pixel sizes scale with the model's native
 size: `MSBDConfig.for_native_size(128)` gives the toy world's (first stage 128, max_edgelen and tile 192,
 overlap 32). Field names equal the argument names they feed, so a grep finds both; `validate` raises a ValueError
-with a one-line message for out-of-range settings.
+with a one-line message naming the first out-of-range setting (NaN and infinities included), `check_multiples`
+one for a pixel size that is not a multiple of the model's size multiple, and `resolve_seed` turns seed -1 into
+a drawn seed.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,15 +130,25 @@ class MSBDConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> None:
-        """Raise a ValueError naming the first out-of-range setting."""
+        """Raise a ValueError naming the first out-of-range setting (whether or not this image would use it).
+
+        Every float must be finite; eta must not exceed the DDIM schedules' limit (`ldm.sampling.max_eta`: above
+        it sigma^2 > 1 - alpha_bar_prev and the step is undefined; we refuse rather than clamp); seed -1 means
+        "draw one" (`resolve_seed`), other negative seeds are refused. Sizes are checked against a model's size
+        multiple by `check_multiples`, which needs the model.
+        """
+        _check_finite(self)
         fs, up, grid, dec = self.first_stage, self.upscale, self.grid, self.decoder_opt
         checks = [
+            (_is_int(self.seed) and self.seed >= -1, f"seed must be an integer >= 0, or -1 for a random seed, "
+                                                     f"got {self.seed}"),
             (self.margin >= 1, f"margin must be >= 1, got {self.margin}"),
             (fs.size > 0, f"first_stage.size must be positive, got {fs.size}"),
             (fs.batch >= 1, f"first_stage.batch must be >= 1, got {fs.batch}"),
-            (fs.steps >= 1 and up.steps >= 1, f"steps must be >= 1, got first_stage.steps={fs.steps}, "
-                                              f"upscale.steps={up.steps}"),
-            (fs.repaint_steps >= 0 and fs.repaint_jump >= 0, "first_stage.repaint_steps/repaint_jump must be >= 0"),
+            (1 <= fs.steps <= MAX_STEPS, f"first_stage.steps must be in 1..{MAX_STEPS}, got {fs.steps}"),
+            (1 <= up.steps <= MAX_STEPS, f"upscale.steps must be in 1..{MAX_STEPS}, got {up.steps}"),
+            (fs.repaint_steps >= 0, f"first_stage.repaint_steps must be >= 0, got {fs.repaint_steps}"),
+            (fs.repaint_jump >= 0, f"first_stage.repaint_jump must be >= 0, got {fs.repaint_jump}"),
             (fs.eta >= 0, f"first_stage.eta must be >= 0, got {fs.eta}"),
             (0 < fs.strength <= 1, f"first_stage.strength must be in (0, 1], got {fs.strength}"),
             (0 <= up.strength <= 1, f"upscale.strength must be in [0, 1], got {up.strength}"),
@@ -147,7 +161,8 @@ class MSBDConfig:
             (0 <= grid.overlap < grid.tile, f"grid.overlap ({grid.overlap}) must be in [0, grid.tile={grid.tile})"),
             (grid.fusion in FUSIONS, f"grid.fusion must be one of {FUSIONS}, got {grid.fusion!r}"),
             (dec.iterations >= 0, f"decoder_opt.iterations must be >= 0, got {dec.iterations}"),
-            (dec.lr > 0 and dec.tile > 0, "decoder_opt.lr and decoder_opt.tile must be positive"),
+            (dec.lr > 0, f"decoder_opt.lr must be positive, got {dec.lr}"),
+            (dec.tile > 0, f"decoder_opt.tile must be positive, got {dec.tile}"),
             (self.paste.feather_px >= 0, f"paste.feather_px must be >= 0, got {self.paste.feather_px}"),
             (self.reference_quirks.background_level in ("reached", "reference"),
              "reference_quirks.background_level must be 'reached' or 'reference', "
@@ -158,6 +173,50 @@ class MSBDConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        check_eta("first_stage.eta", fs.eta, (fs.steps, up.steps))  # the upscaling stages share it
+
+    def check_multiples(self, multiple: int) -> None:
+        """Raise a ValueError naming the first pixel size that is not a multiple of the model's `multiple`
+        (VAE factor x UNet downsampling, `ModelBundle.size_multiple`), whatever the image: the stages and tiles
+        made from them must be."""
+        sizes = {"first_stage.size": self.first_stage.size, "grid.tile": self.grid.tile, "grid.overlap": self.grid.overlap,
+                 "decoder_opt.tile": self.decoder_opt.tile}
+        for name, value in sizes.items():
+            if value % multiple:
+                raise ValueError(f"{name} must be a multiple of {multiple} (the model's size multiple: VAE factor "
+                                 f"x UNet downsampling), got {value}")
+
+
+MAX_STEPS = 500  # the uniform+1 DDIM spacing of 1000 training steps allows at most 500 steps (ldm ddim_timesteps)
+
+
+def check_eta(name: str, eta: float, steps: tuple[int, ...]) -> None:
+    """Raise a ValueError when `eta` exceeds the limit of the DDIM schedule of any of `steps` steps."""
+    from ldm.sampling.schedule import max_eta
+    for n in steps:
+        limit = max_eta(n)
+        if eta > limit:
+            raise ValueError(f"{name} must be <= {math.floor(limit * 1e4) / 1e4:g} for a {n}-step DDIM schedule "
+                             f"(above it sigma^2 > 1 - alpha_bar_prev), got {eta}")
+
+
+def resolve_seed(seed: int) -> int:
+    """`seed`, or a fresh random seed in [0, 2^31) for -1 (the reference's "random")."""
+    return secrets.randbelow(2**31) if seed == -1 else seed
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_finite(node: Any, prefix: str = "") -> None:
+    """Every float field of a (nested) dataclass is finite; the error names the setting."""
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_finite(value, f"{prefix}{f.name}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{prefix}{f.name} must be a finite number, got {value}")
 
 
 def replace(cfg: MSBDConfig, **overrides: Any) -> MSBDConfig:

@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from experiments import EXPERIMENTS, load_experiment  # noqa: E402
 from experiments.common import DONE_MARKER, ModelSpec, RunContext, ldm_config_of, model_files, write_json  # noqa: E402
-from msbd.config import MSBDConfig  # noqa: E402
+from msbd.config import MSBDConfig, resolve_seed  # noqa: E402
 from msbd.errors import InputError, composition_message  # noqa: E402
 
 log = logging.getLogger("msbd")
@@ -92,6 +92,8 @@ def check(cfg: DictConfig, device_here: bool = True) -> tuple[Any, Any]:
     _check_device(cfg.device, here=device_here)
     if cfg.threads < 0:
         raise InputError(f"threads must be >= 0, got {cfg.threads}")
+    if cfg.seed < -1:
+        raise InputError(f"seed must be an integer >= 0, or -1 for a random seed, got {cfg.seed}")
     plain = cfg.copy()
     plain.output_dir = "."                               # the hydra: resolver only exists inside a Hydra run
     obj = OmegaConf.to_object(plain)
@@ -104,8 +106,22 @@ def check(cfg: DictConfig, device_here: bool = True) -> tuple[Any, Any]:
         params.validate()
     if getattr(load_experiment(cfg.task), "USES_MODEL", True):
         model_files(obj.model, obj.msbd)                 # every weights file exists (one line naming the key)
-        ldm_config_of(obj.model)
+        multiple = ldm_config_of(obj.model).size_multiple
+        try:
+            obj.msbd.check_multiples(multiple)           # whatever the image: grid.tile=100 fails on every image
+        except ValueError as err:
+            raise InputError(f"invalid setting msbd.{err}") from None
     return obj, params
+
+
+def resolve_seeds(cfg: DictConfig) -> None:
+    """Replace seed -1 ("random", as the reference) in `seed` and `msbd.seed` by one drawn seed, in place, so
+    the run, config.yaml and the output's metadata all carry the seed actually used; says so on stdout."""
+    drawn = resolve_seed(-1)
+    for key in ("seed", "msbd.seed"):
+        if OmegaConf.select(cfg, key) == -1:
+            OmegaConf.update(cfg, key, drawn)
+            print(f"{key}=-1: drew seed {drawn}")
 
 
 def run_task(cfg: DictConfig) -> Path | None:
@@ -114,6 +130,7 @@ def run_task(cfg: DictConfig) -> Path | None:
     if (out_dir / DONE_MARKER).exists():
         print(f"skipped {out_dir}: complete ({DONE_MARKER} exists)")
         return None
+    resolve_seeds(cfg)
     obj, params = check(cfg)
     dtype = _torch_dtype(cfg.dtype)
     if cfg.threads:
@@ -182,6 +199,66 @@ def precheck(argv: list[str]) -> None:
         sys.exit(2)
 
 
+def hydra_quote(text: str) -> str:
+    """`text` as one Hydra quoted value that composes back to exactly `text`, whatever it holds.
+
+    Hydra's override grammar reserves characters (an emoji stops its lexer; `,` `[` `=` ... have meanings) but
+    takes anything inside quotes. In a quoted value a backslash escapes only a quote or the end of the value,
+    and OmegaConf then reads `${` as an interpolation, `\\${` as an escaped one: so a quote becomes `\'`,
+    backslashes before a quote, the end or `${` are doubled, and `${` becomes `\${`.
+    """
+    out, backslashes = [], 0
+    for k, ch in enumerate(text):
+        if ch == "\\":
+            backslashes += 1
+            continue
+        if ch == "'":
+            out.append("\\" * (2 * backslashes) + "\\'")
+        elif ch == "$" and text.startswith("${", k):
+            out.append("\\" * (2 * backslashes) + "\\$")
+        else:
+            out.append("\\" * backslashes + ch)
+        backslashes = 0
+    return "'" + "".join(out) + "\\" * (2 * backslashes) + "'"
+
+
+def _is_hydra_quoted(value: str) -> bool:
+    """The user quoted the value for Hydra already (prompt="'a, b'"): it starts with a quote and parses."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    if value[:1] not in ("'", '"'):
+        return False
+    try:
+        OverridesParser.create().parse_override(f"prompt={value}")
+    except Exception:  # noqa: BLE001  (not a valid quoted value: take it as text)
+        return False
+    return True
+
+
+def prompt_overrides(argv: list[str]) -> list[str]:
+    """Turn `prompt=TEXT` (any key ending in `prompt`) into Hydra's quoted form, and `prompt_file=PATH` into
+    `prompt=` the file's text (UTF-8, surrounding whitespace stripped), so any prompt can be given."""
+    out = []
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if eq and key == "prompt_file":
+            try:
+                text = Path(value).read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as err:
+                reason = getattr(err, "strerror", None) or "not UTF-8 text"
+                raise InputError(f"prompt_file={value}: cannot read it ({reason})") from None
+            out.append(f"prompt={hydra_quote(text)}")
+        elif eq and key.lstrip("+").split(".")[-1] == "prompt" and not _is_hydra_quoted(value):
+            out.append(f"{key}={hydra_quote(value)}")
+        else:
+            out.append(arg)
+    return out
+
+
 if __name__ == "__main__":
+    try:
+        sys.argv[1:] = prompt_overrides(sys.argv[1:])
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     precheck(sys.argv[1:])
     main()

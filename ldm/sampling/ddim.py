@@ -25,6 +25,14 @@ def ddim_sigma(alpha_bar_t: float, alpha_bar_prev: float, eta: float) -> float:
     return eta * math.sqrt((1.0 - alpha_bar_prev) / (1.0 - alpha_bar_t) * (1.0 - alpha_bar_t / alpha_bar_prev))
 
 
+def eta_limit(alpha_bar_t: float, alpha_bar_prev: float) -> float:
+    """Largest eta of one DDIM step: sigma_t(eta)^2 = 1 - a_prev, where the eps direction of eq. 12 vanishes.
+
+    eta^2 = (1 - a_t) / (1 - a_t / a_prev); about 1.05 for SD's 50-step schedule (its step 1 binds), 1.09 for 100.
+    """
+    return math.sqrt((1.0 - alpha_bar_t) / (1.0 - alpha_bar_t / alpha_bar_prev))
+
+
 def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar_t: float) -> torch.Tensor:
     """x0_hat = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t) (DDIM eq. 9 / 12, "predicted x_0")."""
     return (x_t - math.sqrt(1.0 - alpha_bar_t) * eps) / math.sqrt(alpha_bar_t)
@@ -50,7 +58,12 @@ def ddim_step(
     """
     x0_hat = predict_x0(x_t, eps, alpha_bar_t)
     sigma = ddim_sigma(alpha_bar_t, alpha_bar_prev, eta)
-    x_prev = math.sqrt(alpha_bar_prev) * x0_hat + math.sqrt(1.0 - alpha_bar_prev - sigma**2) * eps
+    dir_var = 1.0 - alpha_bar_prev - sigma**2  # variance left for the eps direction; < 0 when eta is too large
+    if dir_var < -1e-12:
+        limit = eta_limit(alpha_bar_t, alpha_bar_prev)
+        raise ValueError(f"eta must be <= {limit:.6g} for a DDIM step from alpha_bar {alpha_bar_t:.6g} to "
+                         f"{alpha_bar_prev:.6g} (sigma^2 <= 1 - alpha_bar_prev), got {eta}")
+    x_prev = math.sqrt(alpha_bar_prev) * x0_hat + math.sqrt(max(dir_var, 0.0)) * eps
     if sigma > 0:
         if noise is None:
             raise ValueError("ddim_step with eta > 0 needs a noise tensor")

@@ -5,10 +5,10 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from ldm.sampling.ddim import ddim_step, predict_eps, predict_x0, q_sample, renoise
+from ldm.sampling.ddim import ddim_step, eta_limit, predict_eps, predict_x0, q_sample, renoise
 from ldm.sampling.guidance import cfg_combine, guided_model
 from ldm.sampling.loop import SampleNoise, SamplerConfig, sample
-from ldm.sampling.schedule import ddim_alpha_bars, ddim_timesteps, sd_alphas_cumprod
+from ldm.sampling.schedule import ddim_alpha_bars, ddim_timesteps, max_eta, sd_alphas_cumprod
 
 SHAPE = (2, 4, 8, 8)
 
@@ -129,3 +129,17 @@ def test_cfg_combine_and_guided_model_batching():
     assert calls[0][0] == 2
     with pytest.raises(ValueError, match="uncond_context"):
         guided_model(model, cond, None, 7.5)
+
+
+def test_ddim_step_above_the_eta_limit_names_eta_and_the_limit():
+    """Issue 23: eta 1.1 on SD's 50-step schedule was 'math domain error'; max_eta itself still steps."""
+    a_bar = sd_alphas_cumprod()
+    a, a_prev = ddim_alpha_bars(a_bar, ddim_timesteps(50))
+    x, eps, noise = torch.randn(3, 1, 4, 8, 8).unbind(0)
+    limit = max_eta(50)
+    assert limit == pytest.approx(eta_limit(a[1], a_prev[1]))
+    for i in range(50):
+        x_prev, _ = ddim_step(x, eps, a[i], a_prev[i], limit, noise)
+        assert torch.isfinite(x_prev).all()
+    with pytest.raises(ValueError, match=r"eta must be <= 1\.0455.* got 1\.1"):
+        ddim_step(x, eps, a[1], a_prev[1], 1.1, noise)
