@@ -175,6 +175,11 @@ class MSBDConfig:
                 raise ValueError(message)
         check_eta("first_stage.eta", fs.eta, (fs.steps, up.steps))  # the upscaling stages share it
 
+        for name, strength, steps_name, steps in (("first_stage.strength", fs.strength, "first_stage.steps", fs.steps),
+                                                  ("upscale.strength", up.strength, "upscale.steps", up.steps),
+                                                  ("upscale.grid_strength", up.grid_strength, "upscale.steps", up.steps)):
+            check_strength(name, strength, steps_name, steps)
+
     def check_multiples(self, multiple: int) -> None:
         """Raise a ValueError naming the first pixel size that is not a multiple of the model's `multiple`
         (VAE factor x UNet downsampling, `ModelBundle.size_multiple`), whatever the image: the stages and tiles
@@ -198,6 +203,15 @@ def check_eta(name: str, eta: float, steps: tuple[int, ...]) -> None:
         if eta > limit:
             raise ValueError(f"{name} must be <= {math.floor(limit * 1e4) / 1e4:g} for a {n}-step DDIM schedule "
                              f"(above it sigma^2 > 1 - alpha_bar_prev), got {eta}")
+
+
+def check_strength(name: str, strength: float, steps_name: str, steps: int) -> None:
+    """Raise a ValueError when an SDEdit strength in (0, 1] runs none of the DDIM steps (ldm `sdedit_start`)."""
+    from ldm.sampling.schedule import sdedit_start
+    try:
+        sdedit_start(strength, steps)
+    except ValueError as err:
+        raise ValueError(f"{name}={strength} with {steps_name}={steps}: {err}") from None
 
 
 def resolve_seed(seed: int) -> int:

@@ -84,3 +84,11 @@ def test_sizes_not_a_multiple_of_the_model_are_refused_naming_the_setting(path, 
         cfg.check_multiples(64)
     MSBDConfig().check_multiples(64)
     MSBDConfig.for_native_size(128).check_multiples(32)
+
+
+def test_a_strength_that_runs_no_step_is_refused_naming_the_setting():
+    """upscale.steps=2 with grid_strength 0.25 failed only when a grid stage ran, with no setting named."""
+    cfg = _set(_set(MSBDConfig(), "upscale.steps", 2), "upscale.strength", 0.5)
+    with pytest.raises(ValueError, match=r"^upscale\.grid_strength=0\.25 with upscale\.steps=2: .*>= 0\.5"):
+        cfg.validate()
+    _set(cfg, "upscale.grid_strength", 0.0).validate()  # 0 = no diffusion, allowed

@@ -121,3 +121,18 @@ def test_memory_estimate_counts_the_upscaler_and_decoder_optimisation():
         check_memory(cfg, bundle, (4096, 4096), 4096, limit)
     cfg.decoder_opt.tile = int(str(err.value).split("decoder_opt.tile=")[1].split()[0])
     check_memory(cfg, bundle, (4096, 4096), 4096, limit)
+
+
+def test_seed_minus_one_draws_a_seed_that_the_output_records(bundle, files, tmp_path):
+    """Issue 23: seed -1 (random, as the reference) failed in SeedSequence; the drawn seed is recorded and is the
+    one the run used (the same seed given explicitly gives the same pixels); other negative seeds are refused."""
+    img_path, mask_path, _, _ = files
+    config = tiny_config(seed=-1)
+    first = edit(img_path, mask_path, "a red cube", tmp_path / "a.png", config, bundle, progress=False)
+    saved = Image.open(tmp_path / "a.png")
+    seed = int(saved.text["seed"])
+    assert 0 <= seed < 2**31 and json.loads(saved.text["msbd_config"])["seed"] == seed
+    again = edit(img_path, mask_path, "a red cube", tmp_path / "b.png", tiny_config(seed=seed), bundle, progress=False)
+    assert np.array_equal(first.image, again.image)
+    with pytest.raises(InputError, match=r"seed must be an integer >= 0, or -1 for a random seed, got -2"):
+        edit(img_path, mask_path, "a red cube", tmp_path / "c.png", tiny_config(seed=-2), bundle, progress=False)

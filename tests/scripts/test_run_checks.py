@@ -87,3 +87,24 @@ def test_bad_settings_are_one_line_whatever_the_image(run_py, files, capsys, ove
 def test_seed_minus_one_passes_the_checks(run_py, files, capsys):
     run_py.precheck(["+experiment=edit", "model=random", "prompt=a cube", *files, "seed=-1", "msbd.seed=-1"])
     assert capsys.readouterr().err == ""
+
+
+def test_cli_edit_with_an_emoji_prompt_and_a_random_seed(files, tmp_path):
+    """The whole command line: the prompt reaches the output's metadata unchanged; seed=-1 is drawn, printed,
+    written into config.yaml and the PNG (issue 23 items 4 and 11)."""
+    import subprocess
+    prompt = "a grinning face \U0001F600, it's ${x}"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "run.py"), "+experiment=edit",
+                             "model=random", *files, f"prompt={prompt}", "seed=-1", f"output_dir={tmp_path / 'run'}",
+                             "progress=false", "msbd.first_stage.steps=2", "msbd.first_stage.batch=1",
+                             "msbd.first_stage.repaint_steps=0", "msbd.upscale.steps=4", "msbd.decoder_opt.enabled=false",
+                             "msbd.upscale.mode=bilinear"],
+                            capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    drawn = [line for line in result.stdout.splitlines() if line.startswith("seed=-1: drew seed ")]
+    assert len(drawn) == 1
+    seed = int(drawn[0].rsplit(" ", 1)[1])
+    saved = Image.open(tmp_path / "out.png")
+    assert saved.text["prompt"] == prompt and int(saved.text["seed"]) == seed
+    assert f"seed: {seed}" in (tmp_path / "run" / "config.yaml").read_text()
