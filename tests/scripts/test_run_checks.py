@@ -108,3 +108,11 @@ def test_cli_edit_with_an_emoji_prompt_and_a_random_seed(files, tmp_path):
     saved = Image.open(tmp_path / "out.png")
     assert saved.text["prompt"] == prompt and int(saved.text["seed"]) == seed
     assert f"seed: {seed}" in (tmp_path / "run" / "config.yaml").read_text()
+
+
+def test_help_says_how_to_give_any_prompt():
+    import subprocess
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "run.py"), "--help"], capture_output=True,
+                            text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "prompt_file=PATH" in result.stdout and "takes any text" in result.stdout
