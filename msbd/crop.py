@@ -139,8 +139,11 @@ def place_crop(mask: np.ndarray, height: int, width: int, crop_rule: CropRule = 
     Both rules centre on the truncated centre of mass and shift the crop inside the image.
     * "reference": if mask pixels fall outside and the bbox extent (max-min) is smaller than both sides,
       recentre on the bbox centre; a crop larger than the image raises InputError (the reference asserts).
-    * "fixed": a crop larger than an image side is clamped to that side; then, per axis, the crop is shifted
-      by the least amount that covers the bbox whenever the bbox fits.
+    * "fixed": a crop larger than the image is scaled down, keeping its aspect ratio (to within a pixel of
+      rounding), until it fits: a stage's crop is resized to its target size, so clamping one side alone would
+      squash the stage anisotropically (issue 23: a 682 x 2048 crop of a 600 px high image gave a 600 x 2048 box
+      for a 256 x 768 target, 12% squashed); then, per axis, the crop is shifted by the least amount that covers
+      the bbox whenever the bbox fits.
     """
     img_h, img_w = mask.shape
     rows, cols = np.nonzero(mask)
@@ -158,10 +161,19 @@ def place_crop(mask: np.ndarray, height: int, width: int, crop_rule: CropRule = 
         return box
     if crop_rule != "fixed":
         raise ValueError(f"crop_rule must be 'fixed' or 'reference', got {crop_rule!r}")
-    height, width = min(height, img_h), min(width, img_w)
+    height, width = _fit_keeping_aspect(height, width, img_h, img_w)
     top = _cover_axis(_place_axis(int(rows.mean()), height, img_h), height, bbox.top, bbox.bottom)
     left = _cover_axis(_place_axis(int(cols.mean()), width, img_w), width, bbox.left, bbox.right)
     return Box(top, left, top + height, left + width)
+
+
+def _fit_keeping_aspect(height: int, width: int, img_h: int, img_w: int) -> tuple[int, int]:
+    """(height, width) scaled down by one factor until it fits img_h x img_w; unchanged when it fits."""
+    if height <= img_h and width <= img_w:
+        return height, width
+    if img_h * width <= img_w * height:       # height binds: img_h / height <= img_w / width
+        return img_h, min(img_w, max(1, round(width * img_h / height)))
+    return min(img_h, max(1, round(height * img_w / width))), img_w
 
 
 def _centred_box(c_row: int, c_col: int, height: int, width: int, image_hw: tuple[int, int]) -> Box:

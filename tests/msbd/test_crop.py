@@ -150,9 +150,10 @@ def test_placement_fallbacks():
     assert (fixed.left, fixed.right) == (377, 1401)  # minimal shift from the centre-of-mass placement
 
 
-def test_placement_clamps_oversized_crop():
+def test_placement_scales_an_oversized_crop_down_keeping_its_aspect():
     mask = rect_mask((600, 800), (10, 20), (10, 20)) > 0
-    assert place_crop(mask, 700, 900, "fixed") == Box(0, 0, 600, 800)
+    assert place_crop(mask, 700, 900, "fixed") == Box(0, 0, 600, 771)  # 900 * 600 / 700 = 771.4
+    assert place_crop(mask, 500, 1600, "fixed") == Box(0, 0, 250, 800)  # the width binds
     with pytest.raises(InputError):
         place_crop(mask, 700, 900, "reference")
 
@@ -211,3 +212,51 @@ def test_stage_geometry_tall_and_float_quirk():
     assert tall.target_hw == (768, 512) and tall.input_hw == (512, 341)
     assert stage_geometry(768, 3776, 3776, (512, 512)).crop_hw == (3775, 3775)  # int() loses a pixel
     assert stage_geometry(768, 3776, 3776, (512, 512), round_crop=True).crop_hw == (3776, 3776)
+
+
+def _within_a_pixel_of_a_scaled_target(box: Box, target_hw: tuple[int, int]) -> bool:
+    """Some scale s puts both box sides within one pixel of s x the target's (aspect kept up to rounding)."""
+    h_t, w_t = target_hw
+    lo = max((box.height - 1) / h_t, (box.width - 1) / w_t)
+    hi = min((box.height + 1) / h_t, (box.width + 1) / w_t)
+    return lo <= hi
+
+
+def _stage_boxes(mask: np.ndarray, margin: float = 1.2, first: int = 512, max_edgelen: int = 768):
+    """(target_hw, box) of every upscaling stage, placed as the pipeline places them."""
+    plan = plan_crop(mask, margin, first)
+    work = np.pad(mask > 0, ((plan.pad[0], plan.pad[1]), (plan.pad[2], plan.pad[3])))
+    prev_hw, out = (first, first), []
+    for edge in stage_sizes(plan.long_edge, first, max_edgelen):
+        geom = stage_geometry(edge, plan.diff_h, plan.diff_w, prev_hw, plan.long_edge)
+        box = place_crop(work, *geom.crop_hw)
+        assert Box(0, 0, *work.shape).contains(box)
+        out.append((geom.target_hw, box))
+        prev_hw = geom.target_hw
+    return out
+
+
+def test_intermediate_stage_is_not_squashed_issue_example():
+    """Issue 23: 600 x 2400, mask rows 100-560, cols 200-1900: stage 768 had a 256 x 768 target (aspect 3.00)
+    over a 600 x 2048 box (aspect 3.41), the content squashed 12% vertically."""
+    mask = rect_mask((600, 2400), (100, 561), (200, 1901))
+    stages = _stage_boxes(mask)
+    assert [t for t, _ in stages] == [(256, 768), (576, 2048)]
+    for target_hw, box in stages:
+        assert _within_a_pixel_of_a_scaled_target(box, target_hw), (target_hw, box)
+    box = stages[0][1]
+    assert box.height == 600 and box.left <= 200 and box.right >= 1901  # still covers the mask's long side
+
+
+def test_every_stage_keeps_its_aspect_ratio_random_masks():
+    rng = np.random.default_rng(23)
+    for _ in range(60):
+        hw = (int(rng.integers(520, 1400)), int(rng.integers(520, 3600)))
+        if rng.random() < 0.5:
+            hw = hw[::-1]
+        r0, c0 = int(rng.integers(0, hw[0] - 8)), int(rng.integers(0, hw[1] - 8))
+        r1, c1 = int(rng.integers(r0 + 8, hw[0] + 1)), int(rng.integers(c0 + 8, hw[1] + 1))
+        mask = rect_mask(hw, (r0, r1), (c0, c1))
+        margin = float(rng.choice([1.0, 1.2, 1.4]))
+        for target_hw, box in _stage_boxes(mask, margin):
+            assert _within_a_pixel_of_a_scaled_target(box, target_hw), (hw, (r0, r1, c0, c1), target_hw, box)
