@@ -2,8 +2,10 @@
 
 * `naive`: blended latent diffusion directly at `size` (long edge, larger than native) on the final crop rectangle,
   then bilinear-AA to the crop's full size and pasted inside the mask.
-* `segmented`: the final crop cut into native-size windows without overlap; every window that contains mask
-  pixels is edited independently by blended diffusion at native size (no upscaling), then pasted.
+* `segmented`: the final crop cut into native-size windows; every window that contains mask pixels is edited
+  independently from the original by blended diffusion at native size (no upscaling); each pixel is taken from
+  one window only (the last window of a row or column, shifted in, overlaps its neighbour but gives only the
+  pixels its neighbour lacks), then pasted.
 
 Both use the first-stage settings of an `MSBDConfig` (steps, guidance, eta, RePaint) with batch 1 and no
 reranking, the same crop plan and the same paste-back, so every pixel outside the mask is kept.
@@ -64,20 +66,42 @@ def naive(image: np.ndarray, mask: np.ndarray, prompt: str, config: MSBDConfig, 
 
 def segmented(image: np.ndarray, mask: np.ndarray, prompt: str, config: MSBDConfig, bundle: ModelBundle
               ) -> np.ndarray:
-    """Each native-size window of the final crop that holds mask pixels, edited independently; pasted."""
+    """Each native-size window of the final crop that holds mask pixels, edited independently; pasted.
+
+    Every window is edited from the original crop with its own generator (keyed by its position), and each
+    pixel comes from exactly one window (`window_cells`): the result does not depend on the order of the windows.
+    Where the crop is not a multiple of the native size, the last window of a row or column is shifted in and
+    overlaps its neighbour; it contributes only the cells its neighbours do not cover.
+    """
     run, _, mask_bin, plan, work, work_mask = _setup(image, mask, prompt, config, bundle)
     box, native = plan.final, config.first_stage.size
-    out = work[..., *box.slices].clone()
+    source = work[..., *box.slices]
+    out = source.clone()
     crop_mask = work_mask[..., *box.slices]
-    windows = window_boxes(box.height, box.width, native)
-    for i, win in enumerate(windows):
-        win_mask = crop_mask[..., *win.slices]
-        if not win_mask.any():
+    for win, cell in window_cells(box.height, box.width, native):
+        if not crop_mask[..., *cell.slices].any():
             continue
-        out[..., *win.slices] = _blended(run, out[..., *win.slices], win_mask, generator(config.seed, 0, i))
+        edited = _blended(run, source[..., *win.slices], crop_mask[..., *win.slices],
+                          generator(config.seed, 0, win.top, win.left))
+        out[..., *cell.slices] = edited[..., *cell.shift(-win.top, -win.left).slices]
     return paste(image, mask_bin, out, box, work, plan, config)
 
 
 def window_boxes(height: int, width: int, native: int) -> list[Box]:
     """The windows `segmented` uses for a height x width crop (native-size, no overlap, last ones shifted in)."""
     return grid_tiles(height, width, native, 0, min_tile=native)
+
+
+def window_cells(height: int, width: int, native: int) -> list[tuple[Box, Box]]:
+    """(window, cell) pairs: the cells partition the crop into the native grid [k n, (k+1) n) (the last one
+    shorter), and each cell lies in its window (a window shifted in owns only the grid's last, partial cell)."""
+    def cell(start: int, length: int) -> tuple[int, int]:
+        if start % native == 0:
+            return start, min(start + native, length)
+        return length // native * native, length  # the shifted-in last window
+
+    pairs = []
+    for win in window_boxes(height, width, native):
+        (top, bottom), (left, right) = cell(win.top, height), cell(win.left, width)
+        pairs.append((win, Box(top, left, bottom, right)))
+    return pairs

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from _pipeline_helpers import scene, tiny_config
-from msbd.baselines import naive, segmented, window_boxes
+import msbd.baselines
+from msbd.baselines import naive, segmented, window_boxes, window_cells
 from msbd.models import build_bundle
 
 
@@ -36,3 +37,25 @@ def test_segmented_edits_each_masked_window(bundle):
     _check(out, image, mask)
     windows = window_boxes(64, 64, 32)
     assert len(windows) == 4 and all((w.height, w.width) == (32, 32) for w in windows)
+
+
+def test_window_cells_partition_the_crop():
+    for height, width in [(64, 64), (80, 100), (70, 32), (32, 33)]:
+        owner = np.zeros((height, width), int)
+        for win, cell in window_cells(height, width, 32):
+            assert win.contains(cell) and (win.height, win.width) == (32, 32)
+            owner[cell.slices] += 1
+        assert (owner == 1).all()
+
+
+def test_segmented_windows_are_edited_from_the_original_in_any_order(bundle, monkeypatch):
+    """Issue 23: the last, shifted-in window took earlier windows' output as its source and regenerated the
+    overlap, so the result depended on the window order. Native 48 on a 64 px crop: windows at 0 and 16 overlap."""
+    image, mask = scene(70, 75, (10, 10, 60, 65))
+    cfg = tiny_config(first_stage__size=48)
+    forward = segmented(image, mask, "a red cube", cfg, bundle)
+    _check(forward, image, mask)
+    assert any(w.top % 48 or w.left % 48 for w in window_boxes(64, 64, 48))  # overlapping windows exist
+    original = msbd.baselines.window_boxes
+    monkeypatch.setattr(msbd.baselines, "window_boxes", lambda *a: original(*a)[::-1])
+    assert np.array_equal(segmented(image, mask, "a red cube", cfg, bundle), forward)
