@@ -7,7 +7,8 @@
    fit is refused early, naming the estimate and a setting that would make it fit;
 2. run `msbd.pipeline.run_msbd` with a tqdm bar over the stages (and the sampler's bar per stage);
 3. write the result atomically with PNG text chunks: prompt, seed, the resolved config (JSON) and the SHA-256 of
-   every weights file; optionally every intermediate (candidates with their scores, each stage's output).
+   every weights file, in the input's bit depth, alpha, ICC profile and EXIF (outside the mask the input file's
+   own values); optionally every intermediate (candidates with their scores, each stage's output).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from tqdm.auto import tqdm
 from msbd.config import MSBDConfig, resolve_seed
 from msbd.crop import plan_crop, stage_sizes
 from msbd.errors import InputError
-from msbd.io import _check_output, load_image, load_mask, save_png_atomic
+from msbd.io import _check_output, load_image, load_mask, load_source, output_like, save_png_atomic
 from msbd.models import ModelBundle
 from msbd.pipeline import EditResult, _ceil64, run_msbd
 from msbd.stitch import to_uint8
@@ -222,10 +223,15 @@ def edit(image_path: PathLike, mask_path: PathLike, prompt: str, output_path: Pa
         bar.update(1)
     finally:
         bar.close()
-    # 3. Write the output (and intermediates) atomically with provenance
+    # 3. Write the output (and intermediates) atomically with provenance (config.seed: the seed used, -1
+    #    resolved by validate_config), in the input's own space: bit depth, alpha, ICC profile and EXIF, and
+    #    outside the mask the input file's own values (msbd.io.output_like)
     chunks = {"prompt": prompt, "seed": str(config.seed), "msbd_config": json.dumps(config.to_dict()),
               "weights_sha256": json.dumps(weights_hashes(bundle))}
-    save_png_atomic(result.image, output_path, chunks, protected=(image_path, mask_path))
+    source = load_source(image_path)
+    pixels = output_like(source, result.image, mask >= 0.5)
+    save_png_atomic(pixels, output_path, chunks, protected=(image_path, mask_path), icc_profile=source.icc_profile,
+                    exif=source.exif)
     if intermediates_dir is not None:
         save_intermediates(result, intermediates_dir, config.reference_quirks.truncate_uint8)
     return result

@@ -8,8 +8,8 @@ Image (`load_image` -> [H, W, 3] uint8):
 * Grayscale, palette, CMYK, YCbCr, LAB, HSV -> RGB through PIL. 16-bit / 32-bit grayscale ('I;16', 'I')
   is scaled to 8 bit with rounding (v / 257). Float ('F') is taken as 0..255 when max > 1, else 0..1.
 * RGBA / LA / PA / palette with transparency: a fully opaque alpha is dropped silently; otherwise the image
-  is composited over white (what a viewer shows on a white page) and a warning is issued. The output is
-  RGB either way; the original alpha is not carried to the output.
+  is composited over white (what a viewer shows on a white page) and a warning is issued. This is what the
+  model sees; the edit's output keeps the alpha channel (see "Output").
 Mask (`load_mask` -> [H, W] float32 soft values in [0, 1]; pixels >= threshold are edited):
 * Mode L: value / 255. If the largest value is 1, the mask is read as 0/1 binary.
 * Mode 1 (bilevel): 0/1. 16/32-bit integer or float ('I;16', 'I', 'F'): read as 0/1 when the max is <= 1,
@@ -21,6 +21,14 @@ Mask (`load_mask` -> [H, W] float32 soft values in [0, 1]; pixels >= threshold a
   displayed image carries no EXIF tag and is used as is. A mask that only matches the image's stored
   (unrotated) size gets a dedicated message.
 * Reference binarisation: value >= 0.5 of full scale means edit. A mask without any such pixel is refused.
+Output (`load_source` -> `SourceImage`, `output_like`, `save_png_atomic(..., icc_profile, exif)`; issue 23):
+* The model edits the 8-bit RGB of `load_image`; the output is written in the input's own space: 8 or 16 bits
+  per sample, gray or RGB, with its alpha channel, ICC profile and EXIF (orientation reset to 1, since the
+  pixels are stored as displayed). Outside the mask its values are the input file's own, at its own depth;
+  inside, the edited RGB is converted (x 257 to 16 bits, PIL's luma to gray). 16-bit colour PNG is read with
+  libpng (torchvision), 16-bit colour TIFF strips here (`msbd.codecs`); PIL reads 8 bits of both.
+* Modes with no PNG equivalent (palette, CMYK, YCbCr, LAB, HSV, float) give 8-bit RGB (RGBA for a palette with
+  transparency); an ICC profile is kept only when it describes RGB (or gray) values.
 Size limit: our own `max_pixels` (default 30000^2) replaces PIL's decompression-bomb limit.
 """
 from __future__ import annotations
@@ -29,14 +37,16 @@ import json
 import os
 import tempfile
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
+from msbd.codecs import encode_png, png_header, read_png16, read_tiff16
 from msbd.errors import InputError
 
 MAX_PIXELS = 30000 * 30000
@@ -56,8 +66,9 @@ def _pixel_limit(max_pixels: int) -> Iterator[None]:
         Image.MAX_IMAGE_PIXELS = old
 
 
-def _open(path: PathLike, what: str, max_pixels: int) -> tuple[Image.Image, tuple[int, int]]:
-    """Open, size-check, fully decode and EXIF-transpose a file; returns (image, stored W x H size)."""
+def _open(path: PathLike, what: str, max_pixels: int, transpose: bool = True) -> tuple[Image.Image, tuple[int, int]]:
+    """Open, size-check, fully decode and (unless transpose=False) EXIF-transpose a file; returns
+    (image, stored W x H size)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{what} file not found: {path}")
@@ -68,7 +79,7 @@ def _open(path: PathLike, what: str, max_pixels: int) -> tuple[Image.Image, tupl
                 raise InputError(f"{what} {path} is {width}x{height} = {width * height / 1e6:.0f} MP, "
                                  f"above the limit of {max_pixels / 1e6:.0f} MP")
             img.load()
-            return ImageOps.exif_transpose(img), (width, height)
+            return (ImageOps.exif_transpose(img) if transpose else img), (width, height)
     except InputError:
         raise
     except UnidentifiedImageError:
@@ -105,6 +116,116 @@ def load_image(path: PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read an image file as [H, W, 3] uint8 RGB, oriented as displayed (see module docstring)."""
     img, _ = _open(path, "image", max_pixels)
     return _image_to_rgb(img, path)
+
+
+@dataclass
+class SourceImage:
+    """The input file's pixels at their own depth, oriented as displayed, and the metadata the output keeps."""
+
+    pixels: np.ndarray              # [H, W, C] uint8 or uint16; C = 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA
+    icc_profile: bytes | None       # kept when it describes the output's colour model (RGB or gray)
+    exif: bytes | None              # EXIF with the orientation reset to 1: the pixels are stored as displayed
+
+
+def load_source(path: PathLike, max_pixels: int = MAX_PIXELS) -> SourceImage:
+    """Read an image file losslessly (module docstring: "Output"), oriented as `load_image` orients it."""
+    img, _ = _open(path, "image", max_pixels, transpose=False)
+    pixels = _source_pixels(img, path)
+    pixels = np.ascontiguousarray(_orient(pixels, img.getexif().get(EXIF_ORIENTATION, 1)))
+    return SourceImage(pixels, _matching_icc(img.info.get("icc_profile"), pixels.shape[2], path), _upright_exif(img))
+
+
+def _source_pixels(img: Image.Image, path: PathLike) -> np.ndarray:
+    """[H, W, C] uint8 / uint16 as stored; modes without a PNG equivalent become 8-bit RGB as in load_image."""
+    if img.format == "PNG":
+        header = png_header(path)
+        if header is not None and header[0] == 16 and header[1] in (2, 4, 6):  # PIL would read 8 bits
+            return read_png16(path)
+    if img.format == "TIFF" and not img.mode.startswith("I"):
+        values = read_tiff16(img, path)
+        if values is not None and values.shape[2] in (2, 3, 4):
+            return values
+        if 16 in tuple(np.atleast_1d(img.tag_v2.get(258, 8))):
+            warnings.warn(f"image {path}: this 16-bit TIFF layout is read at 8 bits per sample", stacklevel=3)
+    if img.mode.startswith("I;16"):
+        return np.asarray(img, dtype=np.uint16)[..., None]
+    if img.mode == "I":
+        values = np.asarray(img)
+        if values.min(initial=0) >= 0 and values.max(initial=0) <= 65535:
+            return values.astype(np.uint16)[..., None]
+    if img.mode == "1":
+        img = img.convert("L")
+    if img.mode in ("L", "LA", "RGB", "RGBA"):
+        values = np.asarray(img, dtype=np.uint8)
+        return values[..., None] if values.ndim == 2 else values
+    if _has_alpha(img):
+        return np.asarray(img.convert("RGBA"), dtype=np.uint8)
+    return _image_to_rgb(img, path)
+
+
+def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (1-8) to [H, W, C], as ImageOps.exif_transpose does to a PIL image."""
+    transforms = {
+        2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+        5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1), 7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+        8: lambda a: np.rot90(a, 1),
+    }
+    return transforms.get(orientation, lambda a: a)(pixels)
+
+
+def _matching_icc(icc: bytes | None, channels: int, path: PathLike) -> bytes | None:
+    """The ICC profile when its colour space (header bytes 16-20) is the output's: RGB or GRAY."""
+    if not icc:
+        return None
+    if len(icc) >= 20 and icc[16:20] == (b"RGB " if channels >= 3 else b"GRAY"):
+        return icc
+    warnings.warn(f"image {path}: its ICC profile ({icc[16:20]!r}) does not describe the output's "
+                  f"{'RGB' if channels >= 3 else 'gray'} values; it is not carried over", stacklevel=4)
+    return None
+
+
+# TIFF files keep their EXIF-like tags in IFD0 next to the layout tags: only these are carried over.
+TIFF_EXIF_TAGS = (0x010E, 0x010F, 0x0110, 0x0131, 0x0132, 0x013B, 0x8298)  # description, make, model, ...
+EXIF_ORIENTATION, EXIF_IFD = 0x0112, 0x8769
+
+
+def _upright_exif(img: Image.Image) -> bytes | None:
+    """The file's EXIF as bytes with Orientation = 1 (None when it has none)."""
+    exif = img.getexif()
+    if img.format == "TIFF":
+        kept = Image.Exif()
+        for tag in TIFF_EXIF_TAGS:
+            if tag in exif:
+                kept[tag] = exif[tag]
+        if exif.get_ifd(EXIF_IFD):
+            kept[EXIF_IFD] = dict(exif.get_ifd(EXIF_IFD))
+        exif = kept
+    if not len(exif):
+        return None
+    if EXIF_ORIENTATION in exif:
+        exif[EXIF_ORIENTATION] = 1
+    return exif.tobytes()
+
+
+def output_like(source: SourceImage, edited: np.ndarray, edit: np.ndarray) -> np.ndarray:
+    """The edit in the source's space: the source's own values where `edit` is False; where True, the edited
+    [H, W, 3] uint8 RGB converted (x 257 for 16 bits, PIL's luma for gray). Alpha is the source's everywhere."""
+    pixels = source.pixels
+    if edited.shape[:2] != pixels.shape[:2] or edit.shape != pixels.shape[:2]:
+        raise ValueError(f"edited {edited.shape} / mask {edit.shape} do not match the source {pixels.shape}")
+    colour = pixels.shape[2] >= 3
+    values = edited.astype(np.uint32) if colour else _luma(edited)[..., None]
+    if pixels.dtype == np.uint16:
+        values = values * 257
+    out = pixels.copy()
+    out[edit, :values.shape[2]] = values[edit].astype(pixels.dtype)
+    return out
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R 601-2 luma of uint8 RGB, rounded as PIL's convert('L') (16-bit fixed point)."""
+    r, g, b = (rgb[..., k].astype(np.uint32) for k in range(3))
+    return (r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16
 
 
 def _mask_values(img: Image.Image) -> np.ndarray:
@@ -189,28 +310,48 @@ def _png_info(text_chunks: Mapping[str, object]) -> PngImagePlugin.PngInfo:
 
 def save_png_atomic(image: np.ndarray | Image.Image, path: PathLike,
                     text_chunks: Mapping[str, object] | None = None, protected: Iterable[PathLike] = (),
-                    allow_lossy: bool = False, quality: int = 95) -> Path:
-    """Write an RGB image atomically: temp file in the same directory, fsync, os.replace.
+                    allow_lossy: bool = False, quality: int = 95, icc_profile: bytes | None = None,
+                    exif: bytes | None = None) -> Path:
+    """Write an image atomically: temp file in the same directory, fsync, os.replace.
 
-    protected: input paths that must never be overwritten. text_chunks go to PNG tEXt/iTXt chunks (to a
-    JSON comment for JPEG; dropped for WebP). Lossy extensions are refused unless allow_lossy=True.
-    On any error the temp file is removed and an existing file at `path` is left untouched.
+    image: a PIL image or [H, W] / [H, W, C] uint8 (C = 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA), or uint16 of the
+    same layouts (PNG only, 16 bits per sample). protected: input paths that must never be overwritten.
+    text_chunks go to PNG tEXt/iTXt chunks (to a JSON comment for JPEG; dropped for WebP); icc_profile and exif
+    are embedded when given. Lossy extensions are refused unless allow_lossy=True. On any error the temp file is
+    removed and an existing file at `path` is left untouched.
     """
     path = Path(path)
     _check_output(path, protected, allow_lossy)
-    pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
     text_chunks = dict(text_chunks or {})
     ext = path.suffix.lower()
-    if ext == ".png":
-        kwargs: dict = {"format": "PNG", "pnginfo": _png_info(text_chunks)}
-    elif ext == ".webp":
-        kwargs = {"format": "WEBP", "quality": quality}
+    if isinstance(image, np.ndarray) and image.dtype == np.uint16:
+        if ext != ".png":
+            raise ValueError(f"16-bit images are written as PNG only, got {path}")
+        pixels = image[..., None] if image.ndim == 2 else image
+        data = encode_png(pixels, text_chunks, icc_profile, exif)
+        _write_atomic(path, lambda handle: handle.write(data))
+        return path
+    if isinstance(image, Image.Image):
+        pil = image
     else:
-        kwargs = {"format": "JPEG", "quality": quality, "comment": json.dumps(text_chunks)}
+        array = np.asarray(image, dtype=np.uint8)
+        pil = Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[2] == 1 else array)
+    extra = {k: v for k, v in (("icc_profile", icc_profile), ("exif", exif)) if v}
+    if ext == ".png":
+        kwargs: dict = {"format": "PNG", "pnginfo": _png_info(text_chunks), **extra}
+    elif ext == ".webp":
+        kwargs = {"format": "WEBP", "quality": quality, **extra}
+    else:
+        kwargs = {"format": "JPEG", "quality": quality, "comment": json.dumps(text_chunks), **extra}
+    _write_atomic(path, lambda handle: pil.save(handle, **kwargs))
+    return path
+
+
+def _write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            pil.save(handle, **kwargs)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -219,7 +360,6 @@ def save_png_atomic(image: np.ndarray | Image.Image, path: PathLike,
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
-    return path
 
 
 def _fsync_dir(directory: Path) -> None:
