@@ -232,9 +232,18 @@ def timed_edit(bundle, config: MSBDConfig, side: int, device: torch.device) -> t
     total = time.perf_counter() - t0
     peak = peak_bytes(device)
     marks.append(("end", time.perf_counter()))
-    stage_seconds = {name: end - start for (name, start), (_, end) in zip(marks, marks[1:])}
+    # the pipeline's hook marks stages ("first", "stage1", "paste") and may mark steps inside them ("stage2: tiles
+    # 1-4/9", "stage2: decoder optimisation"): seconds per mark, and summed per stage
+    detail: dict[str, float] = {}
+    for (name, start), (_, end) in zip(marks, marks[1:]):
+        detail[name] = detail.get(name, 0.0) + end - start
+    stage_seconds: dict[str, float] = {}
+    for name, seconds in detail.items():
+        stage = name.split(":")[0]
+        stage_seconds[stage] = stage_seconds.get(stage, 0.0) + seconds
     row: dict[str, Any] = {"side": side, "megapixels": side * side / 1e6, "crop_long_edge": plan.long_edge,
                            "stages": [s.name for s in result.stages], "stage_seconds": stage_seconds,
+                           "step_seconds": detail,
                            "seconds": total, "model_calls": sum(s.model_calls for s in result.stages),
                            "tiles": [[s.tiles_run, s.tiles_total] for s in result.stages],
                            "peak_source": "torch.cuda.max_memory_allocated" if device.type == "cuda"
