@@ -117,9 +117,9 @@ def load_bundle(spec: ModelSpec, msbd_config: MSBDConfig, dtype: torch.dtype = t
     except (OSError, RuntimeError) as err:          # unreadable / corrupt files: one line, not a traceback
         raise InputError(f"could not load the model weights: {str(err).splitlines()[0]}") from None
     if random_sr:
-        bundle.upscaler = random_upscaler(spec.seed)
+        bundle.upscaler = random_upscaler(spec.seed).to(bundle.device)
     if random_rr:
-        bundle.reranker = random_reranker(spec.seed)
+        bundle.reranker = random_reranker(spec.seed, bundle.device)
     return bundle
 
 
@@ -135,7 +135,7 @@ def random_upscaler(seed: int) -> torch.nn.Module:
         torch.random.set_rng_state(state)
 
 
-def random_reranker(seed: int):
+def random_reranker(seed: int, device: torch.device | str = "cpu"):
     """The reranking code path with an untrained toy CLIP: (uint8 images, prompt) -> scores."""
     import open_clip
     from msbd.toy.clip_model import TOY_CLIP_NAME, clip_scores, register_toy_clip
@@ -146,7 +146,7 @@ def random_reranker(seed: int):
         model, _, preprocess = open_clip.create_model_and_transforms(TOY_CLIP_NAME)
     finally:
         torch.random.set_rng_state(state)
-    model.eval()
+    model.eval().to(device)
     tokenizer = open_clip.get_tokenizer(TOY_CLIP_NAME)
     return lambda images, prompt: clip_scores(model, preprocess, tokenizer, list(images), prompt)
 

@@ -45,9 +45,7 @@ def run(ctx: RunContext, p: Params) -> dict:
                   progress=ctx.progress)
     report = analyse(case, result.image)
     report.update(prompt=case.task.prompt, megapixels=round(case.megapixels, 2),
-                  seconds=round(result.timings["total"], 1),
-                  stages=[{"name": s.name, "seconds": round(s.seconds, 1), "tiles": f"{s.tiles_run}/{s.tiles_total}",
-                           "unet_calls": s.model_calls} for s in result.stages])
+                  **result.time_report())
     write_json(ctx.path("report.json"), report)
     truth = np.asarray(render(case.task.target, *case.image.shape[:2]))
     zoom = zoom_box(case.mask, size=max(64, p.size // 8))
@@ -55,5 +53,6 @@ def run(ctx: RunContext, p: Params) -> dict:
                 col_labels=["input", "mask", f"MSBD: {case.task.prompt}", "ground truth"], zoom=zoom,
                 title=f"{case.image.shape[1]}x{case.image.shape[0]} toy scene, {report['seconds']} s, "
                       f"{report['count']} object(s) of the prompt's colour in the mask")
+    print(result.time_summary())
     print(json.dumps({k: report[k] for k in ("prompt", "count", "colour_ok", "shape_ok", "seam", "seconds")}))
     return {k: report[k] for k in ("count", "colour_ok", "shape_ok", "edge_ratio", "seam", "psnr_outside", "seconds")}

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from experiments.common import RunContext
+from experiments.common import RunContext, write_json
 from msbd.errors import InputError
 
 
@@ -44,4 +44,6 @@ def run(ctx: RunContext, p: Params) -> dict:
                   intermediates_dir=ctx.out_dir / "intermediates" if p.intermediates else None, progress=ctx.progress)
     print(f"edited {p.image} -> {output} in {result.timings['total']:.1f} s "
           f"({len(result.stages)} stages, crop {result.plan.final.height}x{result.plan.final.width})")
+    print(result.time_summary())
+    write_json(ctx.path("report.json"), {"output": str(output), "seed": result.seed, **result.time_report()})
     return {"output": str(output), "seconds": round(result.timings["total"], 1)}

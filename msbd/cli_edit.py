@@ -19,13 +19,13 @@ import os
 import warnings
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from msbd.config import MSBDConfig, resolve_seed
 from msbd.crop import plan_crop, stage_sizes
 from msbd.errors import InputError
 from msbd.io import _check_output, load_image, load_mask, load_source, output_like, save_png_atomic
+from msbd.memory import available_memory, check_memory, estimate_memory  # noqa: F401  (the edit API's)
 from msbd.models import ModelBundle
 from msbd.pipeline import EditResult, _ceil64, run_msbd
 from msbd.stitch import to_uint8
@@ -56,111 +56,6 @@ def validate_config(config: MSBDConfig, multiple: int | None = None) -> None:
     except ValueError as err:
         raise InputError(f"invalid setting: {err}") from None
     config.seed = resolve_seed(config.seed)
-
-
-def _unet_bytes(bundle: ModelBundle, side_px: int, batch: int) -> float:
-    """Rough peak bytes of one guided UNet call on a side_px square: activations plus attention matrices."""
-    c = bundle.unet.config
-    tokens = (side_px / bundle.latent_factor) ** 2
-    n = 2 * batch  # CFG doubles the batch
-    elem = torch.finfo(bundle.dtype).bits // 8
-    activations = n * c.model_channels * max(c.channel_mult) * tokens * 24 * elem
-    heads = c.num_heads if c.num_heads > 0 else c.model_channels // c.num_head_channels
-    attention = n * heads * tokens ** 2 * 4  # float32 scores when the kernel materialises them
-    return activations + attention
-
-
-def _vae_bytes(bundle: ModelBundle, side_px: int) -> float:
-    """Rough peak bytes of decoding a side_px square: full-resolution features plus the mid-block attention."""
-    cfg = bundle.vae.config
-    tokens = (side_px / bundle.latent_factor) ** 2
-    return cfg.ch * side_px ** 2 * 6 * 4 + tokens ** 2 * 4
-
-
-def _upscaler_bytes(bundle: ModelBundle, side_px: int) -> float:
-    """Rough peak bytes of one x4 pass (RRDBNet layout) on a side_px square input: the x4 feature maps dominate
-    (conv_up2, its activation and conv_hr at 16x the input pixels with num_feat channels)."""
-    model = getattr(bundle.upscaler, "model", bundle.upscaler)
-    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)] if isinstance(model, torch.nn.Module) else []
-    feat = convs[0].out_channels if convs else 64
-    elem = next(iter(model.parameters())).element_size() if convs else 4
-    return 3 * 16 * side_px ** 2 * feat * elem + 16 * side_px ** 2 * 3 * 4 * 2   # + the float output and its resize
-
-
-def estimate_memory(config: MSBDConfig, bundle: ModelBundle, image_hw: tuple[int, int], long_edge: int) -> dict:
-    """Peak bytes of the largest model call, per setting that drives it, plus the images held in memory."""
-    fs, up, grid, dec = config.first_stage, config.upscale, config.grid, config.decoder_opt
-    stage_side = min(up.max_edgelen, long_edge)
-    grid_side = grid.tile if long_edge > up.max_edgelen else 0
-    parts = {
-        "first_stage.batch": _unet_bytes(bundle, fs.size, fs.batch) + _vae_bytes(bundle, fs.size),
-        "upscale.max_edgelen": _unet_bytes(bundle, stage_side, 1) + _vae_bytes(bundle, stage_side),
-        "grid.tile": _unet_bytes(bundle, grid_side, 1) + _vae_bytes(bundle, grid_side) if grid_side else 0.0,
-    }
-    images = 4 * 3 * 4 * image_hw[0] * image_hw[1] + 16 * 4 * long_edge ** 2
-    if up.mode == "esrgan" and bundle.upscaler is not None and long_edge > fs.size:
-        # the x4 pass runs on the previous stage's result, at most max_edgelen on a side
-        parts["upscale.esrgan"] = _upscaler_bytes(bundle, stage_side)
-    if dec.enabled:
-        # The backward pass keeps every decoder activation: measured on the toy VAE, ~9x the forward estimate per
-        # pixel. A stage up to max_edgelen is optimised as one tile (so it counts under upscale.max_edgelen); the
-        # grid stage's tiles are decoder_opt.tile, two per step.
-        parts["upscale.max_edgelen"] = max(parts["upscale.max_edgelen"], 9 * _vae_bytes(bundle, stage_side))
-        if long_edge > up.max_edgelen:
-            parts["decoder_opt.tile"] = 9 * 2 * _vae_bytes(bundle, dec.tile)
-        images += 36 * long_edge ** 2     # per-tile inputs kept during decoder optimisation (9 floats a pixel)
-    return {"peak": max(parts.values()) + images, "driver": max(parts, key=parts.get), "parts": parts}
-
-
-def available_memory() -> int:
-    """Bytes of physical memory currently available (Linux), or a large number when unknown."""
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 1 << 50
-
-
-def check_memory(config: MSBDConfig, bundle: ModelBundle, image_hw: tuple[int, int], long_edge: int,
-                 limit_bytes: int | None = None) -> dict:
-    """Refuse (InputError) a run whose estimated peak exceeds the limit, naming a setting that would fit."""
-    limit = available_memory() if limit_bytes is None else limit_bytes
-    est = estimate_memory(config, bundle, image_hw, long_edge)
-    if est["peak"] <= limit:
-        return est
-    hint = _fitting_setting(config, bundle, image_hw, long_edge, limit, est["driver"])
-    raise InputError(f"estimated peak memory {est['peak'] / 2**30:.1f} GiB exceeds the available "
-                     f"{limit / 2**30:.1f} GiB (largest: {est['driver']}); {hint}")
-
-
-def _fitting_setting(config, bundle, image_hw, long_edge, limit, driver: str) -> str:
-    trial = dataclasses.replace(config)
-    if driver == "first_stage.batch":
-        for batch in range(config.first_stage.batch - 1, 0, -1):
-            trial.first_stage = dataclasses.replace(config.first_stage, batch=batch)
-            if estimate_memory(trial, bundle, image_hw, long_edge)["peak"] <= limit:
-                return f"first_stage.batch={batch} would fit"
-    if driver == "decoder_opt.tile":
-        for side in range(config.decoder_opt.tile - bundle.size_multiple, bundle.size_multiple - 1,
-                          -bundle.size_multiple):
-            trial.decoder_opt = dataclasses.replace(config.decoder_opt, tile=side)
-            if estimate_memory(trial, bundle, image_hw, long_edge)["peak"] <= limit:
-                return f"decoder_opt.tile={side} would fit"
-        trial.decoder_opt = dataclasses.replace(config.decoder_opt, enabled=False)
-        if estimate_memory(trial, bundle, image_hw, long_edge)["peak"] <= limit:
-            return "decoder_opt.enabled=false would fit"
-        trial.decoder_opt = config.decoder_opt
-    if driver == "upscale.esrgan":
-        trial.upscale = dataclasses.replace(config.upscale, mode="bicubic")
-        if estimate_memory(trial, bundle, image_hw, long_edge)["peak"] <= limit:
-            return "upscale.mode=bicubic (no x4 network) would fit"
-    if driver in ("grid.tile", "upscale.max_edgelen", "upscale.esrgan"):
-        step = bundle.size_multiple
-        for side in range(config.grid.tile - step, config.first_stage.size - 1, -step):
-            trial.grid = dataclasses.replace(config.grid, tile=side, overlap=min(config.grid.overlap, side // 4))
-            trial.upscale = dataclasses.replace(config.upscale, max_edgelen=max(side, config.first_stage.size))
-            if estimate_memory(trial, bundle, image_hw, long_edge)["peak"] <= limit:
-                return f"grid.tile={side} and upscale.max_edgelen={trial.upscale.max_edgelen} would fit"
-    return "no smaller setting fits; use a machine with more memory or a smaller model"
 
 
 def sha256_file(path: PathLike) -> str:
@@ -213,7 +108,7 @@ def edit(image_path: PathLike, mask_path: PathLike, prompt: str, output_path: Pa
     bar = tqdm(total=n_stages + 2, desc="MSBD", disable=not progress)
 
     def on_stage(name: str) -> None:
-        if name != "first":
+        if name != "first" and ":" not in name:    # "stage2: tiles 1-16/43" names progress inside a stage
             bar.update(1)
         bar.set_postfix_str(name)
 

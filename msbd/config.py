@@ -23,6 +23,7 @@ from typing import Any
 UPSCALE_MODES = ("esrgan", "bilinear", "bicubic", "sharpen")
 LOWPASS_MODES = ("matching", "half", "no")
 FUSIONS = ("alpha", "latent")
+DECODER_OPT_REGIONS = ("border", "full")
 
 
 @dataclass
@@ -53,6 +54,8 @@ class UpscaleConfig:
     conditional: bool = True        # use the prompt in the upscaling stages ("" otherwise)
     blended: bool = True            # blend the background; False = plain SDEdit of the whole crop
     straight_to_grid: bool = False  # skip the intermediate stages
+    eta: float = 1.0                # DDIM eta of the upscaling stages (the reference: 1.0, as the first stage)
+    guidance: float = 7.5           # guidance scale of the upscaling stages (the reference: 7.5, as the first stage)
 
 
 @dataclass
@@ -63,6 +66,7 @@ class GridConfig:
     overlap: int = 128              # overlap between neighbouring tiles in pixels
     fusion: str = "alpha"           # alpha: reference tile compositing | latent: MultiDiffusion eps averaging
     skip_empty_tiles: bool = True   # tiles without mask pixels are not diffused (their pixels: upscaled input)
+    batch: int = 0                  # tiles of equal shape per UNet / VAE call; 0 = chosen by free memory (<= 16)
 
 
 @dataclass
@@ -75,6 +79,9 @@ class DecoderOptConfig:
     bg_weight: float = 100.0        # weight of the background term
     tile: int = 512                 # optimisation tile for stages above max_edgelen
     skip_empty_tiles: bool = True   # only tiles holding mask pixels (False: every tile, as the reference)
+    region: str = "border"          # border: optimise and re-decode only the tiles holding the mask border (the
+    #                                 rest of the mask keeps the stage output); full: the whole stage (reference)
+    autocast_bf16: bool = False     # run the decoder's forward/backward under bf16 autocast (fp32 weights and Adam)
 
 
 @dataclass
@@ -160,6 +167,10 @@ class MSBDConfig:
             (grid.tile > 0, f"grid.tile must be positive, got {grid.tile}"),
             (0 <= grid.overlap < grid.tile, f"grid.overlap ({grid.overlap}) must be in [0, grid.tile={grid.tile})"),
             (grid.fusion in FUSIONS, f"grid.fusion must be one of {FUSIONS}, got {grid.fusion!r}"),
+            (grid.batch >= 0, f"grid.batch must be >= 0 (0 = by free memory), got {grid.batch}"),
+            (dec.region in DECODER_OPT_REGIONS,
+             f"decoder_opt.region must be one of {DECODER_OPT_REGIONS}, got {dec.region!r}"),
+            (up.eta >= 0, f"upscale.eta must be >= 0, got {up.eta}"),
             (dec.iterations >= 0, f"decoder_opt.iterations must be >= 0, got {dec.iterations}"),
             (dec.lr > 0, f"decoder_opt.lr must be positive, got {dec.lr}"),
             (dec.tile > 0, f"decoder_opt.tile must be positive, got {dec.tile}"),
@@ -173,7 +184,8 @@ class MSBDConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
-        check_eta("first_stage.eta", fs.eta, (fs.steps, up.steps))  # the upscaling stages share it
+        check_eta("first_stage.eta", fs.eta, (fs.steps,))
+        check_eta("upscale.eta", up.eta, (up.steps,))
 
         for name, strength, steps_name, steps in (("first_stage.strength", fs.strength, "first_stage.steps", fs.steps),
                                                   ("upscale.strength", up.strength, "upscale.steps", up.steps),

@@ -21,6 +21,7 @@ from ldm.config import LDMConfig, get_preset
 from ldm.models.autoencoder import AutoencoderKL
 from ldm.models.clip_text import CLIPTextEncoder
 from ldm.models.tokenizer import CLIPTokenizer
+from msbd.profiling import CallStats
 
 Reranker = Callable[[Sequence[np.ndarray], str], torch.Tensor]
 
@@ -38,6 +39,7 @@ class ModelBundle:
     reranker: Reranker | None = None          # (uint8 images, prompt) -> scores [N]
     upscaler: nn.Module | Callable | None = None  # RGB [0,1] -> x4
     weights_files: dict[str, str] = field(default_factory=dict)  # component -> path (hashed into the output)
+    stats: CallStats = field(default_factory=CallStats)  # seconds and counts of the VAE calls (set per run)
 
     @property
     def latent_factor(self) -> int:
@@ -59,12 +61,14 @@ class ModelBundle:
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         """Scaled latent z (float32) of an image in [-1, 1], [B, 3, H, W]."""
         x = image.to(self.device, self.vae_dtype)
-        return self.vae.encode_latent(x, self.scale_factor).float()
+        with self.stats.time("vae_encode"):
+            return self.vae.encode_latent(x, self.scale_factor).float()
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Image in [0, 1] (clamped, float32) from a scaled latent."""
-        x = self.vae.decode_latent(z.to(self.device, self.vae_dtype), self.scale_factor).float()
+        with self.stats.time("vae_decode"):
+            x = self.vae.decode_latent(z.to(self.device, self.vae_dtype), self.scale_factor).float()
         return ((x + 1) / 2).clamp(0, 1)
 
     @property
@@ -159,9 +163,9 @@ def encode_tiled(bundle: ModelBundle, image: torch.Tensor, boxes: Sequence, over
     if len(boxes) == 1 and (boxes[0].height, boxes[0].width) == tuple(image.shape[-2:]):
         return bundle.encode(image * 2 - 1)
     weights = fusion_weights(boxes_z, h, w, max(1, overlap_px // f))
-    z = torch.zeros(image.shape[0], bundle.vae.config.embed_dim, h, w)
+    z = torch.zeros(image.shape[0], bundle.vae.config.embed_dim, h, w, device=image.device)
     for box, box_z, weight in zip(boxes, boxes_z, weights):
-        z[..., *box_z.slices] += weight.float() * bundle.encode(image[..., *box.slices] * 2 - 1)
+        z[..., *box_z.slices] += weight.to(z.device, torch.float32) * bundle.encode(image[..., *box.slices] * 2 - 1)
     return z
 
 
@@ -176,11 +180,11 @@ def decode_tiled(bundle: ModelBundle, z: torch.Tensor, boxes: Sequence, overlap_
     f = bundle.latent_factor
     height, width = z.shape[-2] * f, z.shape[-1] * f
     if len(boxes) == 1 and (boxes[0].height, boxes[0].width) == (height, width):
-        return decode(z), torch.ones(height, width, dtype=torch.bool)
+        return decode(z), torch.ones(height, width, dtype=torch.bool, device=z.device)
     weights = fusion_weights(list(boxes), height, width, max(1, overlap_px))
-    image = torch.zeros(z.shape[0], 3, height, width)
-    covered = torch.zeros(height, width, dtype=torch.bool)
+    image = torch.zeros(z.shape[0], 3, height, width, device=z.device)
+    covered = torch.zeros(height, width, dtype=torch.bool, device=z.device)
     for box, weight in zip(boxes, weights):
-        image[..., *box.slices] += weight.float() * decode(z[..., *_latent_box(box, f).slices])
+        image[..., *box.slices] += weight.to(z.device, torch.float32) * decode(z[..., *_latent_box(box, f).slices])
         covered[box.slices] = True
     return image, covered

@@ -28,14 +28,18 @@ from typing import Callable
 import numpy as np
 import torch
 
+from tqdm.auto import tqdm
+
 from ldm.sampling import SamplerConfig, sample
 from msbd.config import MSBDConfig
 from msbd.crop import Box, CropPlan, box_to_original, from_work_image, place_crop, plan_crop, stage_geometry
 from msbd.crop import stage_sizes, to_work_image, to_work_mask
 from msbd.decoder_opt import decoder_optimization
 from msbd.mask import binarize, resize_image, resize_mask
+from msbd.memory import auto_batch
 from msbd.models import ModelBundle, decode_tiled, denoiser, encode_tiled
-from msbd.stitch import alpha_composite, fusion_weights, grid_tiles, mask_tiles, paste_back, to_uint8
+from msbd.profiling import CallStats, format_split
+from msbd.stitch import alpha_composite, fusion_weights, grid_tiles, paste_back, to_uint8
 from msbd.upscale import lowpass_reference, upsample
 
 StageHook = Callable[[str], None]
@@ -51,6 +55,7 @@ class StageResult:
     tiles_run: int = 1
     tiles_total: int = 1
     decoder_loss: tuple[float, float] | None = None  # decoder optimisation loss (before, after)
+    profile: dict[str, dict[str, float]] = field(default_factory=dict)  # kind -> {"seconds", "calls"} (profiling)
 
 
 @dataclass
@@ -62,17 +67,32 @@ class EditResult:
     chosen: int                     # index of the kept candidate
     plan: CropPlan
     timings: dict[str, float] = field(default_factory=dict)
+    profile: dict[str, dict[str, float]] = field(default_factory=dict)  # the whole edit's split by kind of work
+    seed: int = 0                   # the seed actually used
+
+    def time_report(self) -> dict:
+        """Where the time went: total seconds and, per stage, seconds, tiles and the split by kind of work
+        (unet, vae_encode, vae_decode, sr, rerank, decoder_opt: seconds and calls). Written into report.json."""
+        return {"seconds": round(self.timings.get("total", 0.0), 2), "split": self.profile,
+                "stages": [{"name": s.name, "seconds": round(s.seconds, 2), "unet_calls": s.model_calls,
+                            "tiles": f"{s.tiles_run}/{s.tiles_total}", "split": s.profile} for s in self.stages]}
+
+    def time_summary(self) -> str:
+        """The time report as lines for a terminal."""
+        lines = [f"{s.name}: {s.seconds:.1f} s ({format_split(s.profile)})" for s in self.stages]
+        return "\n".join(lines + [f"total: {self.timings.get('total', 0.0):.1f} s ({format_split(self.profile)})"])
 
 
 class _Counter:
-    """Counts calls of the model callable (one per UNet evaluation, whatever its batch)."""
+    """Counts and times calls of the model callable (one per UNet evaluation, whatever its batch)."""
 
-    def __init__(self, model: Callable) -> None:
-        self.model, self.calls = model, 0
+    def __init__(self, model: Callable, stats: CallStats | None = None) -> None:
+        self.model, self.calls, self.stats = model, 0, stats or CallStats()
 
     def __call__(self, x_t, t, context):
         self.calls += 1
-        return self.model(x_t, t, context)
+        with self.stats.time("unet"):
+            return self.model(x_t, t, context)
 
 
 @dataclass
@@ -85,6 +105,12 @@ class _Run:
     cond: torch.Tensor              # prompt context, [1, 77, D]
     uncond: torch.Tensor            # "" context
     upscale_cond: torch.Tensor      # prompt or "" (upscale.conditional)
+    stats: CallStats = field(default_factory=CallStats)
+    hook: Callable[[str], None] = lambda name: None
+
+    @property
+    def device(self) -> torch.device:
+        return self.bundle.device
 
 
 def generator(seed: int, *keys: int) -> torch.Generator:
@@ -93,10 +119,12 @@ def generator(seed: int, *keys: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 31 ^ int(state[1]))
 
 
-def _sampler_config(run: _Run, steps: int, strength: float, **kw) -> SamplerConfig:
-    q = run.config.reference_quirks
-    return SamplerConfig(num_steps=steps, eta=run.config.first_stage.eta, guidance_scale=run.config.first_stage.guidance,
-                         strength=strength, background_level=q.background_level, clean_final=q.clean_final,
+def _sampler_config(run: _Run, steps: int, strength: float, first: bool = False, **kw) -> SamplerConfig:
+    """The sampler's settings for the first stage (first=True) or an upscaling stage (their own eta, guidance)."""
+    q, fs, up = run.config.reference_quirks, run.config.first_stage, run.config.upscale
+    eta, guidance = (fs.eta, fs.guidance) if first else (up.eta, up.guidance)
+    return SamplerConfig(num_steps=steps, eta=eta, guidance_scale=guidance, strength=strength,
+                         background_level=q.background_level, clean_final=q.clean_final,
                          sdedit_ref_alpha0=q.sdedit_ref_alpha0, progress=run.config.progress, **kw)
 
 
@@ -119,15 +147,18 @@ def first_stage(run: _Run, source: torch.Tensor, mask_crop: torch.Tensor, prompt
     mask_z = resize_mask(mask_crop, (fs.size // run.bundle.latent_factor,) * 2)  # straight from the S x S mask (§4)
     z_src = run.bundle.encode(image * 2 - 1)
     gens = [generator(run.config.seed, 0, k) for k in range(fs.batch)]
-    cfg = _sampler_config(run, fs.steps, fs.strength, repaint_steps=fs.repaint_steps, repaint_jump=fs.repaint_jump)
+    cfg = _sampler_config(run, fs.steps, fs.strength, first=True, repaint_steps=fs.repaint_steps,
+                          repaint_jump=fs.repaint_jump)
     z = sample(run.model, cfg, generators=gens, context=run.cond, uncond_context=run.uncond, source=z_src,
                mask=mask_z)
-    images = torch.cat([run.bundle.decode(z[k:k + 1]) for k in range(fs.batch)])  # [B, 3, n, n]
+    images = run.bundle.decode(z)                                   # [B, 3, n, n]: the candidates in one call
     truncate = run.config.reference_quirks.truncate_uint8
-    candidates = [to_uint8(images[k], truncate) for k in range(fs.batch)]
+    host = images.cpu()                                             # one copy for the uint8 candidates
+    candidates = [to_uint8(host[k], truncate) for k in range(fs.batch)]
     scores, chosen = None, 0
     if fs.rerank and fs.batch > 1 and run.bundle.reranker is not None:
-        scores = [float(s) for s in run.bundle.reranker(candidates, prompt)]
+        with run.stats.time("rerank"):
+            scores = [float(s) for s in run.bundle.reranker(candidates, prompt)]
         chosen = int(np.argmax(scores))
     return images[chosen:chosen + 1], candidates, scores, chosen
 
@@ -135,13 +166,17 @@ def first_stage(run: _Run, source: torch.Tensor, mask_crop: torch.Tensor, prompt
 # 3. One blended SDEdit refinement (a stage or a tile) ---------------------------------------------------------
 
 
-def refine(run: _Run, image: torch.Tensor, mask_px: torch.Tensor, strength: float, gen: torch.Generator
-           ) -> torch.Tensor:
-    """Encode, SDEdit-start blended DDIM with the upscaling schedule, decode (§8 upscale steps 5-6)."""
+def refine(run: _Run, image: torch.Tensor, mask_px: torch.Tensor, strength: float,
+           gens: torch.Generator | list[torch.Generator]) -> torch.Tensor:
+    """Encode, SDEdit-start blended DDIM with the upscaling schedule, decode (§8 upscale steps 5-6).
+
+    image [K, 3, h, w], mask_px [K, 1, h, w] and one generator per image: K tiles of one shape go through the VAE
+    and the UNet together; image k depends only on gens[k] (up to the kernels' batch-dependent rounding)."""
     up = run.config.upscale
+    gens = [gens] if isinstance(gens, torch.Generator) else list(gens)
     z_src = run.bundle.encode(image * 2 - 1)
     mask_z = _latent_mask(run, mask_px) if up.blended else None
-    z = sample(run.model, _sampler_config(run, up.steps, strength), generators=[gen], context=run.upscale_cond,
+    z = sample(run.model, _sampler_config(run, up.steps, strength), generators=gens, context=run.upscale_cond,
                uncond_context=run.uncond, source=z_src, mask=mask_z)
     return run.bundle.decode(z)
 
@@ -150,11 +185,33 @@ def stage_input(run: _Run, x_in: torch.Tensor, ref: torch.Tensor, mask_px: torch
     """Upsample the previous result to the target and paste the low-passed reference outside the mask (§8 2-4)."""
     up_cfg, q = run.config.upscale, run.config.reference_quirks
     target = tuple(ref.shape[-2:])
-    up = upsample(x_in, target, up_cfg.mode, run.bundle.upscaler, q.esrgan_bgr)
+    with run.stats.time("sr"):
+        up = upsample(x_in, target, up_cfg.mode, run.bundle.upscaler, q.esrgan_bgr)
     if not up_cfg.blended:
         return up
     ref_lp = lowpass_reference(ref, tuple(x_in.shape[-2:]), up_cfg.lowpass)
     return mask_px * up + (1 - mask_px) * ref_lp
+
+
+def grid_batch(run: _Run, tile_hw: tuple[int, int], n_tiles: int) -> int:
+    """Tiles per UNet / VAE call: grid.batch, or (0) as many as half the free memory holds, at most 16."""
+    if n_tiles <= 1:
+        return 1
+    if run.config.grid.batch > 0:
+        return min(run.config.grid.batch, n_tiles)
+    return min(auto_batch(run.bundle, max(tile_hw), cap=16), n_tiles)
+
+
+def _chunks(ids: list[int], boxes: list[Box], batch: int) -> list[list[int]]:
+    """Consecutive runs of equal-shaped tiles, at most `batch` each (the order of `ids` is kept)."""
+    chunks: list[list[int]] = []
+    for i in ids:
+        shape = (boxes[i].height, boxes[i].width)
+        if chunks and len(chunks[-1]) < batch and (boxes[chunks[-1][0]].height, boxes[chunks[-1][0]].width) == shape:
+            chunks[-1].append(i)
+        else:
+            chunks.append([i])
+    return chunks
 
 
 def grid_stage(run: _Run, image: torch.Tensor, mask_px: torch.Tensor, stage: int) -> tuple[torch.Tensor, int, int]:
@@ -166,33 +223,50 @@ def grid_stage(run: _Run, image: torch.Tensor, mask_px: torch.Tensor, stage: int
     boxes = grid_tiles(height, width, grid.tile, grid.overlap, min_tile=min_tile,
                        drop_redundant=q.drop_redundant_tiles)
     _check_aligned(boxes, run.bundle.size_multiple)
-    run_ids = [i for i, b in enumerate(boxes) if not grid.skip_empty_tiles or mask_px[..., *b.slices].any()]
+    mask_host = mask_px[0, 0].cpu().numpy() > 0.5                  # tile selection is host geometry: one copy
+    run_ids = [i for i, b in enumerate(boxes) if not grid.skip_empty_tiles or mask_host[b.slices].any()]
     strength = run.config.upscale.grid_strength
     if grid.fusion == "latent":
         return latent_fusion(run, image, mask_px, [boxes[i] for i in run_ids], stage), len(run_ids), len(boxes)
-    tiles = []
-    for i in run_ids:
-        box = boxes[i]
-        gen = generator(run.config.seed, stage, 0 if q.same_seed_per_tile else i)
-        tiles.append(refine(run, image[..., *box.slices], mask_px[..., *box.slices], strength, gen))
-    out = alpha_composite(tiles, [boxes[i] for i in run_ids], image, grid.overlap, q.alpha_quantize)
+    tiles: dict[int, torch.Tensor] = {}
+    batch = grid_batch(run, (grid.tile, grid.tile), len(run_ids))
+    bar = tqdm(total=len(run_ids), desc=f"stage{stage} tiles", unit="tile", leave=False,
+               disable=not run.config.progress)
+    for chunk in _chunks(run_ids, boxes, batch):
+        run.hook(f"stage{stage}: tiles {len(tiles) + 1}-{len(tiles) + len(chunk)}/{len(run_ids)}")
+        gens = [generator(run.config.seed, stage, 0 if q.same_seed_per_tile else i) for i in chunk]
+        out = refine(run, torch.cat([image[..., *boxes[i].slices] for i in chunk]),
+                     torch.cat([mask_px[..., *boxes[i].slices] for i in chunk]), strength, gens)
+        tiles.update(zip(chunk, out.split(1)))
+        bar.update(len(chunk))
+    bar.close()
+    out = alpha_composite([tiles[i] for i in run_ids], [boxes[i] for i in run_ids], image, grid.overlap,
+                          q.alpha_quantize)
     return out, len(run_ids), len(boxes)
 
 
 def latent_fusion(run: _Run, image: torch.Tensor, mask_px: torch.Tensor, boxes: list[Box], stage: int
                   ) -> torch.Tensor:
-    """MultiDiffusion: one sampler over the whole latent, eps fused from overlapping tiles every step."""
+    """MultiDiffusion: one sampler over the whole latent, eps fused from overlapping tiles every step.
+
+    Tiles of one shape go through the UNet together (`grid.batch` per call)."""
     if not boxes:
         return image
     f, overlap = run.bundle.latent_factor, run.config.grid.overlap
     z_src = encode_tiled(run.bundle, image, boxes, overlap)  # [1, C, H/f, W/f]
     boxes_z = [Box(b.top // f, b.left // f, b.bottom // f, b.right // f) for b in boxes]
-    weights = [w.float() for w in fusion_weights(boxes_z, z_src.shape[-2], z_src.shape[-1], max(1, overlap // f))]
+    weights = [w.to(z_src.device, torch.float32)
+               for w in fusion_weights(boxes_z, z_src.shape[-2], z_src.shape[-1], max(1, overlap // f))]
+    chunks = _chunks(list(range(len(boxes))), boxes, grid_batch(run, (run.config.grid.tile,) * 2, len(boxes)))
 
     def fused(x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         eps = torch.zeros_like(x_t)
-        for box, weight in zip(boxes_z, weights):
-            eps[..., *box.slices] += weight * run.model(x_t[..., *box.slices], t, context)
+        n = x_t.shape[0]
+        for chunk in chunks:
+            x = torch.cat([x_t[..., *boxes_z[i].slices] for i in chunk])         # [len(chunk) * n, C, h, w]
+            out = run.model(x, t.repeat(len(chunk)), context.repeat(len(chunk), 1, 1)).split(n)
+            for i, eps_tile in zip(chunk, out):
+                eps[..., *boxes_z[i].slices] += weights[i] * eps_tile
         return eps
 
     up = run.config.upscale
@@ -220,66 +294,96 @@ def _ceil64(x: int) -> int:
 
 def run_msbd(image: np.ndarray, mask: np.ndarray, prompt: str, config: MSBDConfig, bundle: ModelBundle,
              on_stage: StageHook | None = None) -> EditResult:
-    """Edit `image` ([H, W, 3] uint8) inside `mask` ([H, W] in [0, 1], >= 0.5 = edit) to show `prompt`."""
+    """Edit `image` ([H, W, 3] uint8) inside `mask` ([H, W] in [0, 1], >= 0.5 = edit) to show `prompt`.
+
+    Everything computed lives on `bundle.device` from here on (work image, masks, references, accumulators); crop
+    plans and tile boxes are numpy geometry on the host. The result comes back to the host once, at paste-back.
+    """
     config.validate()
+    config = replace_seed(config)
     hook = on_stage or (lambda name: None)
     q, up_cfg = config.reference_quirks, config.upscale
+    device = bundle.device
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    # 1. Crop plan and work image/mask (upsampled when the image is smaller than the first stage)
-    image01 = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255  # [1, 3, H, W]
-    mask_bin = binarize(torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None])  # [1, 1, H, W]
-    plan = plan_crop(mask_bin[0, 0], config.margin, _ceil64(config.first_stage.size), q.crop_rule)
-    work = to_work_image(image01, plan)
-    work_mask = to_work_mask(mask_bin, plan)
-    mask_np = work_mask[0, 0].numpy() > 0
-    with torch.no_grad():
-        cond, uncond = bundle.encode_text([prompt]), bundle.encode_text([""])
-    run = _Run(bundle, config, _Counter(denoiser(bundle)), cond, uncond, cond if up_cfg.conditional else uncond)
-    stages: list[StageResult] = []
-    # 2. First stage on the square crop, rerank, decoder optimisation
-    hook("first")
-    t0 = time.perf_counter()
-    square = plan.square
-    prev, candidates, scores, chosen = first_stage(run, work[..., *square.slices], work_mask[..., *square.slices],
-                                                   prompt)
-    dec_loss = None
-    if config.decoder_opt.enabled:
-        size = tuple(prev.shape[-2:])
-        ref, mask_px = resize_image(work[..., *square.slices], size), resize_mask(work_mask[..., *square.slices], size)
-        prev, dec_loss = _optimise(run, prev, ref, mask_px)
-    stages.append(StageResult("first", prev, square, time.perf_counter() - t0, run.model.calls, decoder_loss=dec_loss))
-    prev_box = square
-    # 3-4. Stage ladder; the stages above max_edgelen are grids
-    edges = stage_sizes(plan.long_edge, _ceil64(config.first_stage.size), up_cfg.max_edgelen, up_cfg.straight_to_grid)
-    for k, edge in enumerate(edges, start=1):
-        hook(f"stage{k}")
-        t0, calls0 = time.perf_counter(), run.model.calls
-        geom = stage_geometry(edge, plan.diff_h, plan.diff_w, tuple(prev.shape[-2:]), plan.long_edge)
-        box = place_crop(mask_np, *geom.crop_hw, q.crop_rule)
-        x_in = resize_image(_stitched_crop(work, prev, prev_box, box), geom.input_hw)
-        ref = resize_image(work[..., *box.slices], geom.target_hw)
-        mask_px = resize_mask(work_mask[..., *box.slices], geom.target_hw)
-        image_in = stage_input(run, x_in, ref, mask_px)
-        grid = edge > up_cfg.max_edgelen
-        if grid:
-            out, n_run, n_tiles = grid_stage(run, image_in, mask_px, k)
-        else:
-            out, n_run, n_tiles = refine(run, image_in, mask_px, up_cfg.strength, generator(config.seed, k, 0)), 1, 1
+    stats = CallStats(device)
+    bundle_stats, bundle.stats = bundle.stats, stats
+    try:
+        # 1. Crop plan (host, from the raw mask: crop_rule=reference takes its bbox from the nonzero pixels) and
+        #    the work image/mask on the device (upsampled when the image is smaller than the first stage)
+        mask_raw = np.asarray(mask, dtype=np.float32)
+        mask_bin = binarize(torch.from_numpy(mask_raw)[None, None])  # [1, 1, H, W], host (paste-back)
+        plan = plan_crop(mask_raw, config.margin, _ceil64(config.first_stage.size), q.crop_rule)
+        image01 = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float() / 255
+        work = to_work_image(image01, plan)
+        work_mask_host = to_work_mask(mask_bin, plan)
+        mask_np = work_mask_host[0, 0].numpy() > 0
+        work_mask = work_mask_host.to(device)
+        with torch.no_grad():
+            cond, uncond = bundle.encode_text([prompt]), bundle.encode_text([""])
+        run = _Run(bundle, config, _Counter(denoiser(bundle), stats), cond, uncond,
+                   cond if up_cfg.conditional else uncond, stats, hook)
+        stages: list[StageResult] = []
+        # 2. First stage on the square crop, rerank, decoder optimisation
+        hook("first")
+        t0, split0 = time.perf_counter(), stats.totals()
+        square = plan.square
+        prev, candidates, scores, chosen = first_stage(run, work[..., *square.slices],
+                                                       work_mask[..., *square.slices], prompt)
         dec_loss = None
         if config.decoder_opt.enabled:
-            out, dec_loss = _optimise(run, out, ref, mask_px)
-        stages.append(StageResult(f"stage{k}" + (" (grid)" if grid else ""), out, box, time.perf_counter() - t0,
-                                  run.model.calls - calls0, n_run, n_tiles, dec_loss))
-        prev, prev_box = out, box
-    # 5. Paste back inside the mask only
-    hook("paste")
-    timings["total_before_paste"] = time.perf_counter() - t_start
-    result = paste(image, mask_bin, prev, prev_box, work, plan, config)
+            size = tuple(prev.shape[-2:])
+            ref = resize_image(work[..., *square.slices], size)
+            mask_px = resize_mask(work_mask[..., *square.slices], size)
+            prev, dec_loss = _optimise(run, prev, ref, mask_px)
+        stages.append(StageResult("first", prev, square, time.perf_counter() - t0, run.model.calls,
+                                  decoder_loss=dec_loss, profile=stats.since(split0)))
+        prev_box = square
+        # 3-4. Stage ladder; the stages above max_edgelen are grids
+        edges = stage_sizes(plan.long_edge, _ceil64(config.first_stage.size), up_cfg.max_edgelen,
+                            up_cfg.straight_to_grid)
+        for k, edge in enumerate(edges, start=1):
+            hook(f"stage{k}")
+            t0, calls0, split0 = time.perf_counter(), run.model.calls, stats.totals()
+            geom = stage_geometry(edge, plan.diff_h, plan.diff_w, tuple(prev.shape[-2:]), plan.long_edge)
+            box = place_crop(mask_np, *geom.crop_hw, q.crop_rule)
+            x_in = resize_image(_stitched_crop(work, prev, prev_box, box), geom.input_hw)
+            ref = resize_image(work[..., *box.slices], geom.target_hw)
+            mask_px = resize_mask(work_mask[..., *box.slices], geom.target_hw)
+            image_in = stage_input(run, x_in, ref, mask_px)
+            grid = edge > up_cfg.max_edgelen
+            if grid:
+                out, n_run, n_tiles = grid_stage(run, image_in, mask_px, k)
+            else:
+                out = refine(run, image_in, mask_px, up_cfg.strength, generator(config.seed, k, 0))
+                n_run, n_tiles = 1, 1
+            dec_loss = None
+            if config.decoder_opt.enabled:
+                hook(f"stage{k}: decoder optimisation")
+                out, dec_loss = _optimise(run, out, ref, mask_px)
+            stages.append(StageResult(f"stage{k}" + (" (grid)" if grid else ""), out, box,
+                                      time.perf_counter() - t0, run.model.calls - calls0, n_run, n_tiles, dec_loss,
+                                      stats.since(split0)))
+            prev, prev_box = out, box
+        # 5. Paste back inside the mask only (the one copy back to the host)
+        hook("paste")
+        timings["total_before_paste"] = time.perf_counter() - t_start
+        result = paste(image, mask_bin, prev, prev_box, work, plan, config)
+    finally:
+        bundle.stats = bundle_stats
     timings["total"] = time.perf_counter() - t_start
     for s in stages:
         timings[s.name] = s.seconds
-    return EditResult(result, stages, candidates, scores, chosen, plan, timings)
+    return EditResult(result, stages, candidates, scores, chosen, plan, timings, stats.totals(), config.seed)
+
+
+def replace_seed(config: MSBDConfig) -> MSBDConfig:
+    """The config with seed -1 ("random") replaced by a drawn seed (EditResult.seed records it)."""
+    if config.seed != -1:
+        return config
+    import dataclasses
+    from msbd.config import resolve_seed
+    return dataclasses.replace(config, seed=resolve_seed(config.seed))
 
 
 def _stitched_crop(work: torch.Tensor, prev: torch.Tensor, prev_box: Box, box: Box) -> torch.Tensor:
@@ -298,7 +402,9 @@ def _stitched_crop(work: torch.Tensor, prev: torch.Tensor, prev_box: Box, box: B
 
 def _optimise(run: _Run, image: torch.Tensor, ref: torch.Tensor, mask_px: torch.Tensor
               ) -> tuple[torch.Tensor, tuple[float, float]]:
-    res = decoder_optimization(run.bundle, image, ref, mask_px, run.config.decoder_opt, run.config.upscale.max_edgelen)
+    with run.stats.time("decoder_opt"), run.stats.muted():
+        res = decoder_optimization(run.bundle, image, ref, mask_px, run.config.decoder_opt,
+                                   run.config.upscale.max_edgelen, progress=run.config.progress)
     return res.image, (res.loss_before, res.loss_after)
 
 

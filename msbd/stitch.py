@@ -116,7 +116,7 @@ def alpha_composite(tiles: list[torch.Tensor], boxes: list[Box], base: torch.Ten
     out = base.clone()
     alphas = alpha_weights(boxes, base.shape[-2], base.shape[-1], overlap, quantize)
     for tile, box, alpha in zip(tiles, boxes, alphas, strict=True):
-        a = alpha.to(out.dtype)
+        a = alpha.to(out.device, out.dtype)
         region = out[..., box.top:box.bottom, box.left:box.right]
         out[..., box.top:box.bottom, box.left:box.right] = a * tile + (1 - a) * region
     return out

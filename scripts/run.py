@@ -82,6 +82,23 @@ def _check_device(name: str, here: bool = True) -> None:
         raise InputError(f"device {name!r} is not a torch device (cpu, cuda, cuda:1, mps)") from None
     if here and device.type == "cuda" and not torch.cuda.is_available():   # here=False: runs on another machine
         raise InputError(f"device={name} but CUDA is not available here; use device=cpu")
+    if here and device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InputError(f"device={name} but this machine has {torch.cuda.device_count()} CUDA device(s); "
+                         f"use device=cuda:0")
+
+
+def _check_dtype(dtype: str, device_name: str, here: bool = True) -> None:
+    """Half precision only where it is fast: float16 on a GPU, bfloat16 on the CPU or a GPU that supports it."""
+    import torch
+    device = torch.device(device_name)
+    if dtype == "float16" and device.type == "cpu":
+        raise InputError("dtype=float16 on device=cpu: the CPU has no fast half precision (and some ops lack fp16 "
+                         "kernels); use dtype=float32 or dtype=bfloat16, or device=cuda")
+    if here and dtype == "bfloat16" and device.type == "cuda" and torch.cuda.is_available() \
+            and not torch.cuda.is_bf16_supported(including_emulation=False):
+        major, minor = torch.cuda.get_device_capability(device)
+        raise InputError(f"dtype=bfloat16 needs a GPU of compute capability 8.0 or newer (this one: {major}.{minor}); "
+                         f"use dtype=float16")
 
 
 def check(cfg: DictConfig, device_here: bool = True) -> tuple[Any, Any]:
@@ -90,6 +107,7 @@ def check(cfg: DictConfig, device_here: bool = True) -> tuple[Any, Any]:
         raise InputError(f"unknown task {cfg.task!r}; known: {', '.join(sorted(EXPERIMENTS))}")
     _torch_dtype(cfg.dtype)
     _check_device(cfg.device, here=device_here)
+    _check_dtype(cfg.dtype, cfg.device, here=device_here)
     if cfg.threads < 0:
         raise InputError(f"threads must be >= 0, got {cfg.threads}")
     if cfg.seed < -1:

@@ -100,8 +100,9 @@ class AttnBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
         h = self.norm(x)
-        # [B, C, H, W] -> [B, 1, H*W, C]: one head whose tokens are the pixels
-        q, k, v = (conv(h).reshape(B, 1, C, H * W).transpose(2, 3) for conv in (self.q, self.k, self.v))
+        # [B, C, H, W] -> [B, 1, H*W, C]: one head whose tokens are the pixels; contiguous, so SDPA takes a fused
+        # kernel (a last dimension of stride H*W sends it to the math path, which materialises the HW x HW scores)
+        q, k, v = (conv(h).reshape(B, 1, C, H * W).transpose(2, 3).contiguous() for conv in (self.q, self.k, self.v))
         h = F.scaled_dot_product_attention(q, k, v)  # default scale is C^-1/2
         h = h.transpose(2, 3).reshape(B, C, H, W)
         return x + self.proj_out(h)

@@ -63,14 +63,23 @@ class SampleNoise:
     Each user generator seeds four CPU streams: "init" (the start latent, one draw), "step" (DDIM eta noise,
     one draw per denoise call when eta > 0), "background" (one draw per blend with a noisy source) and "renoise"
     (one draw per RePaint jump). Separate streams keep e.g. masked and unmasked runs on the same step noise.
+
+    Draws are prefetched: up to `chunk` draws of a purpose are generated at once on the CPU (each stream still
+    draws one sample-sized tensor at a time, so the values do not depend on the chunk), copied to the device in one
+    transfer (pinned and non-blocking on CUDA), and handed out one by one. `counts` caps each purpose's prefetch at
+    the number of draws the loop will make, so nothing is drawn in vain.
     """
 
     PURPOSES = ("init", "step", "background", "renoise")
 
-    def __init__(self, generators: Sequence[torch.Generator], shape: Sequence[int], device: torch.device | str = "cpu"):
+    def __init__(self, generators: Sequence[torch.Generator], shape: Sequence[int], device: torch.device | str = "cpu",
+                 counts: dict[str, int] | None = None, chunk: int = 16):
         self.shape = tuple(shape[1:])  # one sample: [C, h, w]
         self.device = torch.device(device)
+        self.chunk = max(1, chunk)
+        self.remaining = dict(counts or {})
         self.streams: dict[str, list[torch.Generator]] = {p: [] for p in self.PURPOSES}
+        self._ready: dict[str, list[torch.Tensor]] = {p: [] for p in self.PURPOSES}
         for gen in generators:
             seeds = torch.randint(0, 2**62, (len(self.PURPOSES),), generator=gen, device=gen.device).tolist()
             for purpose, seed in zip(self.PURPOSES, seeds):
@@ -78,8 +87,20 @@ class SampleNoise:
 
     def draw(self, purpose: str) -> torch.Tensor:
         """Standard normal noise [B, C, h, w], float32, on the device."""
-        noise = [torch.randn(self.shape, generator=g, dtype=torch.float32) for g in self.streams[purpose]]
-        return torch.stack(noise).to(self.device)
+        ready = self._ready[purpose]
+        if not ready:
+            n = max(1, min(self.chunk, self.remaining.get(purpose, self.chunk)))
+            block = torch.stack([torch.stack([torch.randn(self.shape, generator=g, dtype=torch.float32)
+                                              for g in self.streams[purpose]]) for _ in range(n)])  # [n, B, C, h, w]
+            if self.device.type == "cuda":
+                block = block.pin_memory().to(self.device, non_blocking=True)
+            elif block.device != self.device:
+                block = block.to(self.device)
+            ready.extend(block.unbind(0))
+            ready.reverse()
+        if purpose in self.remaining:
+            self.remaining[purpose] -= 1
+        return ready.pop()
 
 
 @dataclass
@@ -115,7 +136,7 @@ def _validate(shape, source, mask, generators, config) -> tuple[int, ...]:
             raise ValueError(f"mask must be [B or 1, 1 or C, h, w] for latents {tuple(shape)}, got {tuple(mask.shape)}")
         if tuple(mask.shape[2:]) != tuple(shape[2:]):
             raise ValueError(f"mask size {tuple(mask.shape[2:])} differs from latent size {tuple(shape[2:])}")
-        if mask.min() < 0 or mask.max() > 1:
+        if bool(((mask < 0) | (mask > 1)).any()):  # one host sync per call
             raise ValueError("mask values must lie in [0, 1] (1 = edit, 0 = keep)")
     return tuple(shape)
 
@@ -171,6 +192,14 @@ def _blend(x, source, mask, keep, level: _Level, noise: SampleNoise) -> torch.Te
     return mask * x + keep * background
 
 
+def _draw_counts(ops: list, levels: list[_Level], config: SamplerConfig, blended: bool) -> dict[str, int]:
+    """How many draws of each noise purpose the loop makes (for the prefetch)."""
+    denoise = [op[1] for op in ops if op[0] == "denoise"]
+    return {"init": 1, "step": len(denoise) if config.eta > 0 else 0,
+            "background": sum(levels[i].alpha_bar_bg is not None for i in denoise) if blended else 0,
+            "renoise": sum(op[0] == "renoise" for op in ops)}
+
+
 def sample(
     model: ModelFn,
     config: SamplerConfig,
@@ -196,7 +225,6 @@ def sample(
     # 1. Inputs, device, noise streams
     shape = _validate(shape, source, mask, generators, config)
     device = source.device if source is not None else (context.device if context is not None else torch.device("cpu"))
-    noise = SampleNoise(generators, shape, device)
     if source is not None:
         source = source.to(device, torch.float32).expand(shape)
     # 2. Schedule: noise levels per DDIM index, SDEdit truncation, operation list
@@ -206,6 +234,7 @@ def sample(
     if n_run == 0:
         return source.clone()  # strength 0: no diffusion, as the reference (used by its decoder re-decode)
     ops = repaint_schedule(n_run, config.repaint_steps, config.repaint_jump)
+    noise = SampleNoise(generators, shape, device, _draw_counts(ops, levels, config, mask is not None))
     # 3. Start latent and the guided eps function
     init = noise.draw("init")
     x = _start_latent(source, n_run, levels, zero_mean(init) if config.zero_mean_init else init, config, alpha_bar)

@@ -117,8 +117,8 @@ def images_to_clip_input(image: torch.Tensor, size: int) -> torch.Tensor:
 
     A tensor version of open_clip's preprocess for square images, used in training and evaluation.
     """
-    mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN, dtype=image.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(open_clip.OPENAI_DATASET_STD, dtype=image.dtype).view(1, 3, 1, 1)
+    mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN, dtype=image.dtype, device=image.device).view(1, 3, 1, 1)
+    std = torch.tensor(open_clip.OPENAI_DATASET_STD, dtype=image.dtype, device=image.device).view(1, 3, 1, 1)
     if image.shape[-2:] != (size, size):
         image = resize_area(image, size).clamp(0, 1)
     return (image - mean) / std

@@ -1,10 +1,12 @@
-"""Decoder optimisation (§10): the loss goes down, the decoder's weights are restored, tiling works."""
+"""Decoder optimisation (§10): the loss goes down, the decoder's weights are restored, tiling works, and
+region="border" optimises and re-decodes only the tiles holding the mask border."""
 from __future__ import annotations
 
 import torch
 
 from msbd.config import DecoderOptConfig
-from msbd.decoder_opt import decoder_loss, decoder_optimization, optimisation_tiles
+from msbd.crop import Box
+from msbd.decoder_opt import border_tiles, decoder_loss, decoder_optimization, optimisation_tiles
 from msbd.models import build_bundle
 
 
@@ -40,7 +42,7 @@ def test_tiled_path_above_max_edgelen():
     sample, ref, mask = _inputs(64, 96)
     boxes = optimisation_tiles(64, 96, 32, 48)
     assert len(boxes) > 1 and all((b.height, b.width) == (32, 32) for b in boxes)
-    config = DecoderOptConfig(iterations=2, lr=1e-3, tile=32, skip_empty_tiles=False)
+    config = DecoderOptConfig(iterations=2, lr=1e-3, tile=32, skip_empty_tiles=False, region="full")
     res = decoder_optimization(bundle, sample, ref, mask, config, 48)
     assert len(res.losses) == 2 * ((len(boxes) + 1) // 2)  # one Adam step per pair of tiles per epoch
     assert res.image.shape == sample.shape
@@ -54,7 +56,8 @@ def test_skip_empty_tiles_optimises_only_masked_tiles():
     mask[..., 4:12, 4:12] = 1                        # only the top-left tile holds mask pixels
     boxes = optimisation_tiles(64, 96, 32, 48)
     masked = [b for b in boxes if mask[..., *b.slices].any()]
-    res = decoder_optimization(bundle, sample, ref, mask, DecoderOptConfig(iterations=3, lr=1e-3, tile=32), 48)
+    res = decoder_optimization(bundle, sample, ref, mask, DecoderOptConfig(iterations=3, lr=1e-3, tile=32, region="full"),
+                               48)
     assert len(res.losses) == 3 * ((len(masked) + 1) // 2)
     covered = torch.zeros(64, 96, dtype=torch.bool)
     for b in masked:
@@ -87,7 +90,35 @@ def test_redecode_builds_no_autograd_graph(monkeypatch):
         return image, covered
 
     monkeypatch.setattr(module, "decode_tiled", spy)
-    config = DecoderOptConfig(iterations=1, lr=1e-3, tile=32, skip_empty_tiles=False)
+    config = DecoderOptConfig(iterations=1, lr=1e-3, tile=32, skip_empty_tiles=False, region="full")
     res = decoder_optimization(bundle, sample, ref, mask, config, 48)
     assert seen == [(False, False)]
     assert res.image.shape == sample.shape
+
+
+def test_border_region_keeps_the_mask_interior_and_optimises_only_border_tiles():
+    bundle = build_bundle("tiny-test", seed=0)
+    torch.manual_seed(1)
+    sample, ref = torch.rand(1, 3, 128, 128), torch.rand(1, 3, 128, 128)
+    mask = torch.zeros(1, 1, 128, 128)
+    mask[..., 8:120, 8:120] = 1                      # a large mask: its interior holds whole tiles
+    boxes = border_tiles(mask[0, 0].numpy() > 0, 32, 48)
+    interior = [b for b in optimisation_tiles(128, 128, 32, 48) if mask[..., *b.slices].all()]
+    assert boxes and interior and not set(boxes) & set(interior)
+    assert all(mask[..., *b.slices].any() and not mask[..., *b.slices].all() for b in boxes)
+    config = DecoderOptConfig(iterations=2, lr=1e-3, tile=32)
+    res = decoder_optimization(bundle, sample, ref, mask, config, 48)
+    assert len(res.losses) == 2 * ((len(boxes) + 1) // 2)
+    covered = torch.zeros(128, 128, dtype=torch.bool)
+    for b in boxes:
+        covered[b.slices] = True
+    # far from every border tile the stage output is kept exactly; on the border it is re-decoded
+    assert torch.equal(res.image[..., ~covered], sample[..., ~covered])
+    assert not torch.allclose(res.image[..., 8:16, 8:16], sample[..., 8:16, 8:16])
+
+
+def test_border_region_uses_the_whole_stage_when_it_is_smaller():
+    mask = torch.zeros(48, 48, dtype=torch.bool)
+    mask[10:30, 10:30] = True
+    assert border_tiles(mask.numpy(), 32, 48) == [Box(0, 0, 48, 48)]   # 4 tiles of 32 > one 48 x 48
+    assert border_tiles(torch.ones(48, 48, dtype=torch.bool).numpy(), 32, 48) == []   # no border at all
