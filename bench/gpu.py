@@ -28,7 +28,6 @@ import copy
 import dataclasses
 import datetime
 import json
-import math
 import platform
 import statistics
 import subprocess
@@ -147,6 +146,20 @@ def unet_flops(config: UNetConfig, x: torch.Tensor, t: torch.Tensor, context: to
     return counter.get_total_flops()
 
 
+@torch.inference_mode()
+def time_unet_pair(ref, ours, inputs: tuple[torch.Tensor, ...], device: torch.device, sizes: Sizes) -> dict:
+    """Median ms of diffusers' and our UNet on the same inputs, and their largest difference over the largest eps."""
+    x, t, context = inputs
+    run_ref = lambda: ref(x, t, encoder_hidden_states=context).sample  # noqa: E731
+    run_ours = lambda: ours(x, t, context)                              # noqa: E731
+    out_ref, out_ours = run_ref().float(), run_ours().float()
+    rel = ((out_ours - out_ref).abs().max() / out_ref.abs().max()).item()
+    t_ref = statistics.median(time_calls(run_ref, device, sizes.repeats, sizes.warmup))
+    t_ours = statistics.median(time_calls(run_ours, device, sizes.repeats, sizes.warmup))
+    return {"ours_ms": 1000 * t_ours, "diffusers_ms": 1000 * t_ref, "ours_over_diffusers": t_ours / t_ref,
+            "max_rel_diff": rel, "finite": bool(torch.isfinite(out_ours).all())}
+
+
 def bench_unet_step(sizes: Sizes, device: torch.device, seed: int) -> dict:
     """Ours vs diffusers, same weights, per dtype and memory format: median ms, TFLOP/s, relative difference."""
     config = get_preset(sizes.preset).unet
@@ -166,23 +179,15 @@ def bench_unet_step(sizes: Sizes, device: torch.device, seed: int) -> dict:
         for channels_last in (False, True):
             fmt = torch.channels_last if channels_last else torch.contiguous_format
             ref, ours = ref.to(memory_format=fmt), ours.to(memory_format=fmt)
-            xd, td, cd = x.to(device, dtype).contiguous(memory_format=fmt), t.to(device), context.to(device, dtype)
-            with torch.inference_mode():
-                run_ref = lambda: ref(xd, td, encoder_hidden_states=cd).sample  # noqa: E731
-                run_ours = lambda: ours(xd, td, cd)                              # noqa: E731
-                out_ref, out_ours = run_ref().float(), run_ours().float()
-                rel = ((out_ours - out_ref).abs().max() / out_ref.abs().max()).item()
-                t_ref = statistics.median(time_calls(run_ref, device, sizes.repeats, sizes.warmup))
-                t_ours = statistics.median(time_calls(run_ours, device, sizes.repeats, sizes.warmup))
-            rows.append({"dtype": name, "channels_last": channels_last, "ours_ms": 1000 * t_ours,
-                         "diffusers_ms": 1000 * t_ref, "ours_over_diffusers": t_ours / t_ref,
-                         "ours_tflops": flops / t_ours / 1e12, "diffusers_tflops": flops / t_ref / 1e12,
-                         "max_rel_diff": rel, "finite": bool(torch.isfinite(out_ours).all())})
-            print(f"unet_step {name} channels_last={channels_last}: ours {1000 * t_ours:.2f} ms, "
-                  f"diffusers {1000 * t_ref:.2f} ms, rel diff {rel:.1e}", flush=True)
-        del ref, ours
-    return {"preset": sizes.preset, "batch": 2, "latent": [sizes.latent, sizes.latent], "context": [77, config.context_dim],
-            "timesteps": t.tolist(), "gflop_per_call": flops / 1e9, "timed_calls": sizes.repeats, "rows": rows}
+            inputs = (x.to(device, dtype).contiguous(memory_format=fmt), t.to(device), context.to(device, dtype))
+            row = {"dtype": name, "channels_last": channels_last, **time_unet_pair(ref, ours, inputs, device, sizes)}
+            row.update(ours_tflops=flops / row["ours_ms"] / 1e9, diffusers_tflops=flops / row["diffusers_ms"] / 1e9)
+            rows.append(row)
+            print(f"unet_step {name} channels_last={channels_last}: ours {row['ours_ms']:.2f} ms, "
+                  f"diffusers {row['diffusers_ms']:.2f} ms, max rel diff {row['max_rel_diff']:.1e}", flush=True)
+    return {"preset": sizes.preset, "batch": 2, "latent": [sizes.latent, sizes.latent],
+            "context": [77, config.context_dim], "timesteps": t.tolist(), "gflop_per_call": flops / 1e9,
+            "timed_calls": sizes.repeats, "rows": rows}
 
 
 # 2-3. Whole edits ------------------------------------------------------------------------------------------------
@@ -247,7 +252,8 @@ def timed_edit(bundle, config: MSBDConfig, side: int, device: torch.device) -> t
                            "seconds": total, "model_calls": sum(s.model_calls for s in result.stages),
                            "tiles": [[s.tiles_run, s.tiles_total] for s in result.stages],
                            "peak_source": "torch.cuda.max_memory_allocated" if device.type == "cuda"
-                           else "process peak RSS (VmHWM)", "resident_bytes": resident, "peak_bytes": peak, "peak_over_resident_bytes": peak - resident,
+                           else "process peak RSS (VmHWM)", "resident_bytes": resident, "peak_bytes": peak,
+                           "peak_over_resident_bytes": peak - resident,
                            "finite": all(bool(torch.isfinite(s.image).all()) for s in result.stages)}
     try:
         est = estimate_memory(config, bundle, image.shape[:2], plan.long_edge)
@@ -313,8 +319,9 @@ def environment(device: torch.device, args: argparse.Namespace) -> dict:
                            "device": str(device), "args": vars(args)}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        env.update(gpu=props.name, gpu_memory_bytes=props.total_memory, capability=list(torch.cuda.get_device_capability(device)),
-                   cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+        env.update(gpu=props.name, gpu_memory_bytes=props.total_memory,
+                   capability=list(torch.cuda.get_device_capability(device)), cuda=torch.version.cuda,
+                   cudnn=torch.backends.cudnn.version())
     else:
         env.update(gpu=None, cpu_threads=torch.get_num_threads())
     try:

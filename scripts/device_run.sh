@@ -8,8 +8,9 @@
 #    in editable mode; 2. prints the GPU, driver and versions; 3. runs the `cuda` tests; 4. runs bench/gpu.py.
 # Each step has its own time limit (tests 200 s, benchmark 300 s, cut so that the script ends within TOTAL_S = 550 s
 # of its start; the install takes about 30 s), so the whole stays under about 9 minutes. A failed step does not stop
-# the later ones; the exit status is that of the first failure. From the device tool: command `bash scripts/device_run.sh`, carry
-# [".device"], timeout_s 600; the logs and gpu_bench.json come back from $OUT.
+# the later ones; the exit status is that of the first failure.
+# From the device tool: command `bash scripts/device_run.sh`, carry [".device"], timeout_s 600; the logs and
+# gpu_bench.json come back from $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -24,7 +25,10 @@ step() { echo; echo "== $* ($(date -u +%H:%M:%S))"; }
 fail() { echo "FAILED: $1 (exit $2)"; [ "$status" -ne 0 ] || status=$2; }
 
 step "1. offline install from .device/wheels"
-[ -d .device/wheels ] || { echo "error: no .device/wheels: run scripts/device_prepare.sh here and carry .device"; exit 2; }
+if [ ! -d .device/wheels ]; then
+    echo "error: no .device/wheels: run scripts/device_prepare.sh where there is a registry, and carry .device"
+    exit 2
+fi
 timeout 90 "$PY" -m pip install --quiet --no-index --find-links .device/wheels --no-cache-dir \
     -r .device/requirements.txt || fail "pip install of the wheels" $?
 if ! timeout 45 "$PY" -m pip install --quiet --no-index --find-links .device/wheels --no-cache-dir --no-deps -e .; then

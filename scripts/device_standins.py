@@ -18,7 +18,8 @@ def standin_wheel(out_dir: Path, name: str, version: str) -> Path:
     stem = f"{name.replace('-', '_')}-{version}"
     info = f"{stem}.dist-info"
     files = {f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
-             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: device_standins\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: device_standins\nRoot-Is-Purelib: true\n"
+                              "Tag: py3-none-any\n"}
     files[f"{info}/RECORD"] = "".join(f"{path},,\n" for path in files) + f"{info}/RECORD,,\n"
     path = out_dir / f"{stem}-py3-none-any.whl"
     with zipfile.ZipFile(path, "w") as wheel:
