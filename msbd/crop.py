@@ -25,7 +25,7 @@ map results back. Typical use by the pipeline:
     plan = plan_crop(mask_soft, margin)                       # square, final rectangle, work space
     image_w, mask_w = to_work_image(image, plan), to_work_mask(mask, plan)
     for edge in stage_sizes(plan.long_edge, ...):             # §7
-        geom = stage_geometry(edge, plan.diff_h, plan.diff_w, prev_hw)
+        geom = stage_geometry(edge, plan.diff_h, plan.diff_w, prev_hw, image_hw=plan.work_hw)
         box = place_crop(mask_w[0, 0].numpy() > 0, *geom.crop_hw, plan.crop_rule)  # §8 recrop
     # unscaled plan: orig_box, inner = box_to_original(box, plan); paste crop[..., inner] at orig_box
     # upsampled plan: paste into the work image, from_work_image(...), paste the whole image
@@ -363,20 +363,32 @@ class StageGeometry:
 
 def stage_geometry(edge: int, diff_h: int, diff_w: int, prev_hw: tuple[int, int],
                    long_edge: int | None = None, check_aspect: bool = True,
-                   round_crop: bool = False) -> StageGeometry:
+                   round_crop: bool = False, image_hw: tuple[int, int] | None = None) -> StageGeometry:
     """Target, input and full-resolution crop size for a stage with long edge `edge` (§8 step 1).
 
     prev_hw: size of the previous stage's output. long_edge: last entry of the ladder (default
     max(diff_h, diff_w)). The crop is int(side / (edge / long_edge)) as in the reference, which can lose a
     pixel to float error (S=3776 at E=768 gives 3775); round_crop=True rounds instead.
+    image_hw: the (work) image size. The short side of the target is rounded *up* to a multiple of 64, so its
+    crop can be taller (wider) than the image; given image_hw, such a side is rounded down instead, so the crop
+    fits and keeps the target's aspect ratio (issue 23; without it `place_crop` scales the crop down, keeping the
+    aspect too, but then the long side may no longer cover the mask).
     """
     long_edge = max(diff_h, diff_w) if long_edge is None else long_edge
+    zoom = edge / long_edge
+
+    def fitted(t: int, axis: int) -> int:
+        """t, or the largest multiple of 64 whose crop fits the image when t's would not."""
+        if image_hw is None or int(t / zoom) <= image_hw[axis]:
+            return t
+        return max(64, int(image_hw[axis] * zoom) // 64 * 64)
+
     if diff_w > diff_h:
-        w_t, h_t = edge, int(np.ceil((edge * diff_h / diff_w) / 64) * 64)
+        w_t, h_t = edge, fitted(int(np.ceil((edge * diff_h / diff_w) / 64) * 64), 0)
         w_in = prev_hw[1]
         h_in = int(w_in * h_t / w_t)
     elif diff_h > diff_w:
-        h_t, w_t = edge, int(np.ceil((edge * diff_w / diff_h) / 64) * 64)
+        h_t, w_t = edge, fitted(int(np.ceil((edge * diff_w / diff_h) / 64) * 64), 1)
         h_in = prev_hw[0]
         w_in = int(h_in * w_t / h_t)
     else:
@@ -384,6 +396,5 @@ def stage_geometry(edge: int, diff_h: int, diff_w: int, prev_hw: tuple[int, int]
         h_in, w_in = prev_hw
     if check_aspect and abs(w_in / h_in - w_t / h_t) > 0.05 + 0.05 * (w_t / h_t):
         raise ValueError(f"stage aspect mismatch: input {h_in}x{w_in} vs target {h_t}x{w_t}")
-    zoom = edge / long_edge
     to_full = (lambda s: round(s / zoom)) if round_crop else (lambda s: int(s / zoom))
     return StageGeometry((h_t, w_t), (h_in, w_in), (to_full(h_t), to_full(w_t)))

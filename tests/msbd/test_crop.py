@@ -222,13 +222,16 @@ def _within_a_pixel_of_a_scaled_target(box: Box, target_hw: tuple[int, int]) -> 
     return lo <= hi
 
 
-def _stage_boxes(mask: np.ndarray, margin: float = 1.2, first: int = 512, max_edgelen: int = 768):
-    """(target_hw, box) of every upscaling stage, placed as the pipeline places them."""
+def _stage_boxes(mask: np.ndarray, margin: float = 1.2, first: int = 512, max_edgelen: int = 768,
+                 pass_image: bool = False):
+    """(target_hw, box) of every upscaling stage, placed as the pipeline places them (pass_image: with
+    stage_geometry's image_hw, so the target is chosen to fit)."""
     plan = plan_crop(mask, margin, first)
     work = np.pad(mask > 0, ((plan.pad[0], plan.pad[1]), (plan.pad[2], plan.pad[3])))
     prev_hw, out = (first, first), []
     for edge in stage_sizes(plan.long_edge, first, max_edgelen):
-        geom = stage_geometry(edge, plan.diff_h, plan.diff_w, prev_hw, plan.long_edge)
+        geom = stage_geometry(edge, plan.diff_h, plan.diff_w, prev_hw, plan.long_edge,
+                              image_hw=plan.work_hw if pass_image else None)
         box = place_crop(work, *geom.crop_hw)
         assert Box(0, 0, *work.shape).contains(box)
         out.append((geom.target_hw, box))
@@ -246,6 +249,11 @@ def test_intermediate_stage_is_not_squashed_issue_example():
         assert _within_a_pixel_of_a_scaled_target(box, target_hw), (target_hw, box)
     box = stages[0][1]
     assert box.height == 600 and box.left <= 200 and box.right >= 1901  # still covers the mask's long side
+    # given the image size, stage_geometry picks a target whose crop fits: 192 x 768 over 512 x 2048
+    stages = _stage_boxes(mask, pass_image=True)
+    assert [t for t, _ in stages] == [(192, 768), (576, 2048)]
+    assert (stages[0][1].height, stages[0][1].width) == (512, 2048)
+    assert stages[0][1].contains(Box(100, 200, 561, 1901))
 
 
 def test_every_stage_keeps_its_aspect_ratio_random_masks():
@@ -258,5 +266,6 @@ def test_every_stage_keeps_its_aspect_ratio_random_masks():
         r1, c1 = int(rng.integers(r0 + 8, hw[0] + 1)), int(rng.integers(c0 + 8, hw[1] + 1))
         mask = rect_mask(hw, (r0, r1), (c0, c1))
         margin = float(rng.choice([1.0, 1.2, 1.4]))
-        for target_hw, box in _stage_boxes(mask, margin):
-            assert _within_a_pixel_of_a_scaled_target(box, target_hw), (hw, (r0, r1, c0, c1), target_hw, box)
+        for pass_image in (False, True):
+            for target_hw, box in _stage_boxes(mask, margin, pass_image=pass_image):
+                assert _within_a_pixel_of_a_scaled_target(box, target_hw), (hw, (r0, r1, c0, c1), target_hw, box)
