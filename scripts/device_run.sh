@@ -9,8 +9,8 @@
 # Each step has its own time limit (tests 200 s, benchmark 300 s, cut so that the script ends within TOTAL_S = 550 s
 # of its start; the install takes about 30 s), so the whole stays under about 9 minutes. A failed step does not stop
 # the later ones; the exit status is that of the first failure.
-# From the device tool: command `bash scripts/device_run.sh`, carry [".device"], timeout_s 600; the logs and
-# gpu_bench.json come back from $OUT.
+# From the device tool: command `OUT=$OUT bash scripts/device_run.sh`, carry [".device"], timeout_s 600; the logs
+# and gpu_bench.json come back from $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
