@@ -12,11 +12,13 @@ reranking, the same crop plan and the same paste-back, so every pixel outside th
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
 from ldm.sampling import sample
-from msbd.config import MSBDConfig
+from msbd.config import MSBDConfig, resolve_seed
 from msbd.crop import Box, plan_crop, to_work_image, to_work_mask
 from msbd.mask import binarize, resize_image, resize_mask
 from msbd.models import ModelBundle, denoiser
@@ -26,6 +28,7 @@ from msbd.stitch import grid_tiles
 
 def _setup(image: np.ndarray, mask: np.ndarray, prompt: str, config: MSBDConfig, bundle: ModelBundle):
     config.validate()
+    config = dataclasses.replace(config, seed=resolve_seed(config.seed))  # -1: a drawn seed
     image01 = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
     mask_bin = binarize(torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None])
     plan = plan_crop(mask_bin[0, 0], config.margin, _ceil64(config.first_stage.size),
@@ -59,7 +62,7 @@ def naive(image: np.ndarray, mask: np.ndarray, prompt: str, config: MSBDConfig, 
     hw = (_snap(box.height * scale, m), _snap(box.width * scale, m))
     crop = resize_image(work[..., *box.slices], hw)
     mask_px = resize_mask(work_mask[..., *box.slices], hw)
-    out = _blended(run, crop, mask_px, generator(config.seed, 0, 0))
+    out = _blended(run, crop, mask_px, generator(run.config.seed, 0, 0))
     out = resize_image(out, (box.height, box.width)).clamp(0, 1)
     return paste(image, mask_bin, out, box, work, plan, config)
 
@@ -82,7 +85,7 @@ def segmented(image: np.ndarray, mask: np.ndarray, prompt: str, config: MSBDConf
         if not crop_mask[..., *cell.slices].any():
             continue
         edited = _blended(run, source[..., *win.slices], crop_mask[..., *win.slices],
-                          generator(config.seed, 0, win.top, win.left))
+                          generator(run.config.seed, 0, win.top, win.left))
         out[..., *cell.slices] = edited[..., *cell.shift(-win.top, -win.left).slices]
     return paste(image, mask_bin, out, box, work, plan, config)
 

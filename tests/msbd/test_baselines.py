@@ -59,3 +59,9 @@ def test_segmented_windows_are_edited_from_the_original_in_any_order(bundle, mon
     original = msbd.baselines.window_boxes
     monkeypatch.setattr(msbd.baselines, "window_boxes", lambda *a: original(*a)[::-1])
     assert np.array_equal(segmented(image, mask, "a red cube", cfg, bundle), forward)
+
+
+def test_seed_minus_one_draws_a_seed(bundle):
+    """Issue 23: seed -1 (random) passed validation and then failed in numpy's SeedSequence."""
+    image, mask = scene(70, 75, (10, 10, 60, 65))
+    _check(naive(image, mask, "a red cube", tiny_config(seed=-1), bundle, size=64), image, mask)
