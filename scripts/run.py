@@ -218,11 +218,11 @@ def precheck(argv: list[str]) -> None:
 
 
 def hydra_quote(text: str) -> str:
-    """`text` as one Hydra quoted value that composes back to exactly `text`, whatever it holds.
+    r"""`text` as one Hydra quoted value that composes back to exactly `text`, whatever it holds.
 
     Hydra's override grammar reserves characters (an emoji stops its lexer; `,` `[` `=` ... have meanings) but
     takes anything inside quotes. In a quoted value a backslash escapes only a quote or the end of the value,
-    and OmegaConf then reads `${` as an interpolation, `\\${` as an escaped one: so a quote becomes `\'`,
+    and OmegaConf then reads `${` as an interpolation, `\${` as an escaped one: so a quote becomes `\'`,
     backslashes before a quote, the end or `${` are doubled, and `${` becomes `\${`.
     """
     out, backslashes = [], 0
