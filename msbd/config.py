@@ -35,7 +35,7 @@ class FirstStageConfig:
     steps: int = 50                 # DDIM steps
     guidance: float = 7.5           # classifier-free guidance scale
     eta: float = 1.0                # DDIM eta (stochastic in every reference stage)
-    repaint_steps: int = 5          # RePaint extra passes per step (reference CLI: 5)
+    repaint_steps: int = 5          # RePaint extra passes per step, the last step excepted (reference CLI: 5)
     repaint_jump: int = 0           # RePaint jump length (0 = per-step resampling, hard-coded in the reference)
     strength: float = 1.0           # SDEdit start of the first stage (1 = from pure noise)
     rerank: bool = True             # keep the CLIP argmax among the candidates (needs a reranker and batch > 1)
