@@ -96,7 +96,7 @@ def edit(image_path: PathLike, mask_path: PathLike, prompt: str, output_path: Pa
     """Edit one image from files; returns the pipeline's result after writing `output_path` (PNG)."""
     # 1. Validate everything before a model runs
     prompt = validate_prompt(prompt, bundle)
-    validate_config(config)
+    validate_config(config, bundle.size_multiple)
     _check_output(Path(output_path), (image_path, mask_path), allow_lossy=False)
     image = load_image(image_path)
     mask = load_mask(mask_path, image.shape[:2])

@@ -345,7 +345,8 @@ def run_msbd(image: np.ndarray, mask: np.ndarray, prompt: str, config: MSBDConfi
         for k, edge in enumerate(edges, start=1):
             hook(f"stage{k}")
             t0, calls0, split0 = time.perf_counter(), run.model.calls, stats.totals()
-            geom = stage_geometry(edge, plan.diff_h, plan.diff_w, tuple(prev.shape[-2:]), plan.long_edge)
+            geom = stage_geometry(edge, plan.diff_h, plan.diff_w, tuple(prev.shape[-2:]), plan.long_edge,
+                                  image_hw=plan.work_hw)
             box = place_crop(mask_np, *geom.crop_hw, q.crop_rule)
             x_in = resize_image(_stitched_crop(work, prev, prev_box, box), geom.input_hw)
             ref = resize_image(work[..., *box.slices], geom.target_hw)

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .ddim import ddim_step, predict_eps, q_sample, renoise
 from .guidance import ModelFn, guided_model
-from .schedule import ddim_alpha_bars, ddim_timesteps, repaint_schedule, sd_alphas_cumprod, sdedit_start
+from .schedule import ddim_alpha_bars, ddim_timesteps, max_eta, repaint_schedule, sd_alphas_cumprod, sdedit_start
 
 Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 
@@ -55,6 +55,10 @@ class SamplerConfig:
         if self.prediction_type not in ("eps", "v"):
             raise ValueError(f"prediction_type must be 'eps' or 'v', got {self.prediction_type!r}")
         ddim_timesteps(self.num_steps)  # raises a ValueError for a bad step count
+        limit = max_eta(self.num_steps)
+        if self.eta > limit:
+            raise ValueError(f"eta must be <= {limit:.4f} for a {self.num_steps}-step DDIM schedule "
+                             f"(above it sigma^2 > 1 - alpha_bar_prev), got {self.eta}")
 
 
 class SampleNoise:

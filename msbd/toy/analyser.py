@@ -40,6 +40,7 @@ class AnalyserConfig:
     min_area_px: int = 4
     dilate_frac: float = 0.02  # the mask is grown by this fraction of the short side (at least 2 px)
     seam_band_frac: float = 1 / 128  # half-width of the contour band: one pixel of a 128 px render (>= 2 px)
+    halo_ring_frac: float = 1 / 16  # width of the rings either side of the contour compared by `halo`
     shape_step_deg: float = 3.0
     shape_max_px: int = 64  # components are downsampled to about this size before template matching
     edge_max_points: int = 1000
@@ -60,6 +61,8 @@ class EditReport:
     seam: float
     seam_ref: float
     psnr_outside: float
+    halo_colour: float = math.nan  # mean-colour distance (0-255) between the repainted ring inside and the original
+    halo_texture: float = math.nan  # high-frequency energy inside the ring over outside (1 = same texture)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -192,6 +195,24 @@ def seam_strength(edited: np.ndarray, source: np.ndarray, mask: np.ndarray, band
     return float(gradient_energy(edited)[band].mean() / max(gradient_energy(source)[band].mean(), 1e-12))
 
 
+def halo(edited: np.ndarray, source: np.ndarray, mask: np.ndarray, ring_px: float,
+         exclude: np.ndarray | None = None) -> tuple[float, float]:
+    """(colour, texture) of the repainted background around an edit: the ring of `ring_px` inside the mask
+    contour (from 2 px in, minus `exclude`, e.g. the new object's pixels) in `edited` against the ring just outside it in
+    `source`. colour: distance between the rings' mean RGB (0-255 units); texture: the inner ring's mean gradient
+    energy over the outer ring's (1 = the same texture, < 1 smoother, as a visible lighter, flatter halo)."""
+    if mask.all() or not mask.any():
+        raise ValueError("the mask has no contour (it is empty or covers everything)")
+    d_in, d_out = ndimage.distance_transform_edt(mask), ndimage.distance_transform_edt(~mask)
+    # rings start 2 px from the contour, so the step across it (the seam, measured by seam_strength) is not texture
+    inner, outer = mask & (d_in > 2) & (d_in <= ring_px + 2), ~mask & (d_out > 2) & (d_out <= ring_px + 2)
+    if exclude is not None and (inner & ~exclude).sum() >= 0.25 * inner.sum():
+        inner &= ~exclude
+    colour = float(np.linalg.norm(edited[inner].astype(np.float64).mean(0) - source[outer].astype(np.float64).mean(0)))
+    texture = float(gradient_energy(edited)[inner].mean() / max(gradient_energy(source)[outer].mean(), 1e-12))
+    return colour, texture
+
+
 def psnr_outside(edited: np.ndarray, source: np.ndarray, mask: np.ndarray, rows_per_chunk: int = 512) -> float:
     """PSNR (dB, peak 255) over pixels where mask is False; inf if identical there."""
     total, count = 0.0, 0
@@ -260,6 +281,7 @@ def analyse_edit(
     new = region & (classes_ed >= 0) & (classes_ed != colour_classes(src, config.chroma_min))
     votes = np.bincount(classes_ed[new].astype(np.int64), minlength=len(COLOURS))
     dominant = COLOURS[int(votes.argmax())] if votes.any() else None
+    halo_colour, halo_texture = halo(ed, src, m, max(2.0, config.halo_ring_frac * short), classes_ed == colour)
 
     return EditReport(
         count=len(found),
@@ -274,4 +296,6 @@ def analyse_edit(
         seam=seam_strength(ed, src, m, band_px),
         seam_ref=seam_strength(truth, src, m, band_px),
         psnr_outside=psnr_outside(edited, source, mask),
+        halo_colour=halo_colour,
+        halo_texture=halo_texture,
     )

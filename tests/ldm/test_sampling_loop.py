@@ -242,3 +242,11 @@ def test_zero_mean_init_centres_only_the_start_noise(context):
     plain = SampleNoise(gens(7), (1, 4, 8, 8)).draw("init")
     torch.testing.assert_close(starts[False], plain, rtol=0, atol=0)           # default: the plain Gaussian draw
     torch.testing.assert_close(starts[True], zero_mean(plain), rtol=0, atol=0)  # option: the same draw, centred
+
+
+def test_sampler_config_refuses_eta_above_the_schedule_limit():
+    from ldm.sampling.schedule import max_eta
+    limit = max_eta(50)
+    SamplerConfig(num_steps=50, eta=limit)
+    with pytest.raises(ValueError, match="eta must be <="):
+        SamplerConfig(num_steps=50, eta=limit + 1e-3)

@@ -175,3 +175,19 @@ def test_analyser_rejects_bad_inputs():
         analyse_edit(image, mask[:-1], image, task)
     with pytest.raises(ValueError, match="empty"):
         analyse_edit(image, np.zeros_like(mask), image, task)
+
+
+def test_halo_scores_a_flat_lighter_ring_and_not_an_invisible_edit():
+    from msbd.toy.analyser import halo
+    rng = np.random.default_rng(0)
+    source = np.clip(100 + rng.normal(0, 20, (128, 128, 3)), 0, 255).astype(np.uint8)
+    yy, xx = np.mgrid[:128, :128]
+    mask = (yy - 64) ** 2 + (xx - 64) ** 2 < 40 ** 2
+    colour, texture = halo(source, source, mask, 6)        # same texture either side: no halo
+    assert colour < 3 and 0.8 < texture < 1.25
+    edited = source.copy()
+    edited[mask] = 160                                     # the repainted background: lighter and flat
+    colour, texture = halo(edited, source, mask, 6)
+    assert abs(colour - 60 * np.sqrt(3)) < 4 and texture < 0.05
+    obj = (yy - 64) ** 2 + (xx - 64) ** 2 < 30 ** 2        # excluding the object leaves the ring's measure alone
+    assert halo(edited, source, mask, 6, exclude=obj) == (colour, texture)
