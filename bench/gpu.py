@@ -2,6 +2,7 @@
 
     python bench/gpu.py --out gpu_bench.json [--device cuda] [--budget-s 450]
     python bench/gpu.py --out /tmp/bench.json --device cpu --tiny      # the same code paths at toy sizes, seconds
+    python -m msbd.devcheck bench/gpu.py --out /tmp/bench.json --device cuda --tiny   # placement, emulated (~3 min)
 
 Parts, each written into the JSON as soon as it is measured (a run cut short keeps what it has):
 1. `unet_step`: one SD-v1 UNet call, batch 2 (the CFG pair) of 4x64x64 latents and a 77x768 context: ours against
@@ -135,14 +136,18 @@ def diffusers_unet(config: UNetConfig):
     ).eval()
 
 
-def unet_flops(config: UNetConfig, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> int:
-    """FLOPs of one forward of our UNet, counted on meta tensors."""
+def unet_flops(config: UNetConfig, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> int | None:
+    """FLOPs of one forward of our UNet, counted on meta tensors (None where meta tensors fail: under
+    msbd.devcheck's emulated device)."""
     from torch.utils.flop_counter import FlopCounterMode
     with torch.device("meta"):
         model = UNetModel(config)
     counter = FlopCounterMode(display=False)
-    with counter, torch.inference_mode():
-        model(x.to("meta"), t.to("meta"), context.to("meta"))
+    try:
+        with counter, torch.inference_mode():
+            model(x.to("meta"), t.to("meta"), context.to("meta"))
+    except RuntimeError:
+        return None
     return counter.get_total_flops()
 
 
@@ -181,12 +186,13 @@ def bench_unet_step(sizes: Sizes, device: torch.device, seed: int) -> dict:
             ref, ours = ref.to(memory_format=fmt), ours.to(memory_format=fmt)
             inputs = (x.to(device, dtype).contiguous(memory_format=fmt), t.to(device), context.to(device, dtype))
             row = {"dtype": name, "channels_last": channels_last, **time_unet_pair(ref, ours, inputs, device, sizes)}
-            row.update(ours_tflops=flops / row["ours_ms"] / 1e9, diffusers_tflops=flops / row["diffusers_ms"] / 1e9)
+            if flops:
+                row.update(ours_tflops=flops / row["ours_ms"] / 1e9, diffusers_tflops=flops / row["diffusers_ms"] / 1e9)
             rows.append(row)
             print(f"unet_step {name} channels_last={channels_last}: ours {row['ours_ms']:.2f} ms, "
                   f"diffusers {row['diffusers_ms']:.2f} ms, max rel diff {row['max_rel_diff']:.1e}", flush=True)
     return {"preset": sizes.preset, "batch": 2, "latent": [sizes.latent, sizes.latent],
-            "context": [77, config.context_dim], "timesteps": t.tolist(), "gflop_per_call": flops / 1e9,
+            "context": [77, config.context_dim], "timesteps": t.tolist(), "gflop_per_call": flops / 1e9 if flops else None,
             "timed_calls": sizes.repeats, "rows": rows}
 
 
@@ -318,10 +324,13 @@ def environment(device: torch.device, args: argparse.Namespace) -> dict:
                            "host": platform.node(), "python": platform.python_version(), "torch": torch.__version__,
                            "device": str(device), "args": vars(args)}
     if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        env.update(gpu=props.name, gpu_memory_bytes=props.total_memory,
-                   capability=list(torch.cuda.get_device_capability(device)), cuda=torch.version.cuda,
-                   cudnn=torch.backends.cudnn.version())
+        try:                                # fails under msbd.devcheck's emulated device (no driver)
+            props = torch.cuda.get_device_properties(device)
+            env.update(gpu=props.name, gpu_memory_bytes=props.total_memory,
+                       capability=list(torch.cuda.get_device_capability(device)), cuda=torch.version.cuda,
+                       cudnn=torch.backends.cudnn.version())
+        except RuntimeError as err:
+            env.update(gpu=None, gpu_error=str(err).splitlines()[0])
     else:
         env.update(gpu=None, cpu_threads=torch.get_num_threads())
     try:
