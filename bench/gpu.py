@@ -192,8 +192,8 @@ def bench_unet_step(sizes: Sizes, device: torch.device, seed: int) -> dict:
             print(f"unet_step {name} channels_last={channels_last}: ours {row['ours_ms']:.2f} ms, "
                   f"diffusers {row['diffusers_ms']:.2f} ms, max rel diff {row['max_rel_diff']:.1e}", flush=True)
     return {"preset": sizes.preset, "batch": 2, "latent": [sizes.latent, sizes.latent],
-            "context": [77, config.context_dim], "timesteps": t.tolist(), "gflop_per_call": flops / 1e9 if flops else None,
-            "timed_calls": sizes.repeats, "rows": rows}
+            "context": [77, config.context_dim], "timesteps": t.tolist(),
+            "gflop_per_call": flops / 1e9 if flops else None, "timed_calls": sizes.repeats, "rows": rows}
 
 
 # 2-3. Whole edits ------------------------------------------------------------------------------------------------
