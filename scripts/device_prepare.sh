@@ -8,9 +8,9 @@
 # package that the cuda tests and the benchmark import, with their dependencies, at the versions installed in
 # .venv (= requirements.txt's pins for the packages it names). Left out, because they are big and the GPU image
 # ships them (KINDS.md: numpy, scipy, pillow) or because torch brings them: torch, torchvision, triton, nvidia-*.
-# Not needed by the tested code (nothing under ldm/, msbd/, bench/gpu.py or tests/cuda imports them), so not
-# downloaded: kornia (only upscale.mode=sharpen uses it), matplotlib, transformers, tokenizers, the Hydra launchers,
-# the notebook packages.
+# Not needed by the tested code, so not downloaded: kornia (only upscale.mode=sharpen imports it), matplotlib,
+# transformers, tokenizers, rich, psutil (pytorch_lightning, open_clip and diffusers import them only where they are
+# installed, as on the GPU image; nothing of ours does), the Hydra launchers, the notebook packages.
 # The working tree travels with the wheels and the whole must stay under 64 MiB: the wheels may take MAX_MB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
