@@ -16,9 +16,9 @@ Parts, each written into the JSON as soon as it is measured (a run cut short kee
 3. `edits`: whole edits with SD-v1-sized random weights in float16 on square images of 1, 4 and 16 MP with a centred
    square mask of half the side (crops of 640, 1280 and 2496 px), upscale.mode=bicubic, decoder optimisation on,
    reduced steps (first stage 20 steps x 2 candidates, RePaint r=1; upscaling schedule 40 steps; 5 decoder
-   iterations): synchronised seconds per stage, peak memory (`torch.cuda.max_memory_allocated`, less the weights
-   resident before the edit) against `msbd.cli_edit.estimate_memory`. An edit predicted to overrun `--budget-s`
-   is skipped with a note.
+   iterations): synchronised seconds per stage (and the pipeline's own split by kind of work: UNet, VAE, decoder
+   optimisation, ...), peak memory (`torch.cuda.max_memory_allocated`, less the weights resident before the edit)
+   against `msbd.cli_edit.estimate_memory`. An edit predicted to overrun `--budget-s` is skipped with a note.
 On the CPU (`--device cpu`, for the tests) peak memory is the process's peak RSS; `--tiny` uses the tiny-test
 networks, 8x8 latents and 64 / 128 / 256 px images.
 """
@@ -254,7 +254,8 @@ def timed_edit(bundle, config: MSBDConfig, side: int, device: torch.device) -> t
         stage_seconds[stage] = stage_seconds.get(stage, 0.0) + seconds
     row: dict[str, Any] = {"side": side, "megapixels": side * side / 1e6, "crop_long_edge": plan.long_edge,
                            "stages": [s.name for s in result.stages], "stage_seconds": stage_seconds,
-                           "step_seconds": detail,
+                           "step_seconds": detail, "split": getattr(result, "profile", None),  # by kind of work
+                           "stage_splits": {s.name: getattr(s, "profile", None) for s in result.stages},
                            "seconds": total, "model_calls": sum(s.model_calls for s in result.stages),
                            "tiles": [[s.tiles_run, s.tiles_total] for s in result.stages],
                            "peak_source": "torch.cuda.max_memory_allocated" if device.type == "cuda"
