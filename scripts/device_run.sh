@@ -20,6 +20,7 @@ BENCH_TIMEOUT_S=${BENCH_TIMEOUT_S:-300}
 TOTAL_S=${TOTAL_S:-550}                  # the benchmark's limit shrinks to end the script by then
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+export PYTEST_DISABLE_PLUGIN_AUTOLOAD=1  # the image's pytest plugins (xdist, cov, ...) need not fit our pinned pytest
 status=0
 step() { echo; echo "== $* ($(date -u +%H:%M:%S))"; }
 fail() { echo "FAILED: $1 (exit $2)"; [ "$status" -ne 0 ] || status=$2; }
