@@ -10,7 +10,9 @@ them on the GPU machine (`pytest -m cuda tests/cuda`).
   from the same comparison on the CPU (SD-v1 UNet at 16x16 latents, VAE at 64 px, random weights: fp16 1.4e-3 to
   3.5e-3, bf16 1.1e-2 to 2.8e-2), with room for GPU kernels and larger sizes.
 Every edit: every stage output finite, every pixel outside the mask byte-identical to the input, the mask repainted.
-Reduced step counts keep the whole file to about two minutes on one H100 (an estimate: not yet run on a GPU).
+The toy edits run the defaults, the others reduced steps: about two minutes on one H100 (an estimate: not yet run on
+a GPU). Without one, the toy edits ran on the CPU under `msbd.devcheck.EmulatedCUDA` in bf16 with reduced steps
+(0 device mismatches, these checks passed), and the CLI test on the CPU with device=cpu.
 """
 from __future__ import annotations
 
