@@ -82,6 +82,8 @@ class DecoderOptConfig:
     region: str = "border"          # border: optimise and re-decode only the tiles holding the mask border (the
     #                                 rest of the mask keeps the stage output); full: the whole stage (reference)
     autocast_bf16: bool = False     # run the decoder's forward/backward under bf16 autocast (fp32 weights and Adam)
+    max_steps: int = 200            # at most this many Adam steps per stage (0 = no cap: iterations x tiles/2, the
+    #                                 reference); binds only on grid stages, whose tiles each make half a step per epoch
 
 
 @dataclass
@@ -172,6 +174,7 @@ class MSBDConfig:
              f"decoder_opt.region must be one of {DECODER_OPT_REGIONS}, got {dec.region!r}"),
             (up.eta >= 0, f"upscale.eta must be >= 0, got {up.eta}"),
             (dec.iterations >= 0, f"decoder_opt.iterations must be >= 0, got {dec.iterations}"),
+            (dec.max_steps >= 0, f"decoder_opt.max_steps must be >= 0 (0 = no cap), got {dec.max_steps}"),
             (dec.lr > 0, f"decoder_opt.lr must be positive, got {dec.lr}"),
             (dec.tile > 0, f"decoder_opt.tile must be positive, got {dec.tile}"),
             (self.paste.feather_px >= 0, f"paste.feather_px must be >= 0, got {self.paste.feather_px}"),

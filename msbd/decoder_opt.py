@@ -16,7 +16,9 @@ Which pixels are optimised (`region`):
   receptive field meets the border (the seam); deep inside the mask the objective asks D_theta(z) to equal D_0(z),
   so the stage output is kept there. The re-decoded border tiles are blended into the stage output with a ramp
   of tile/4 px (the tile overlap) inside their union, so no step appears where the re-decoded region ends.
-  The number of Adam steps follows the tiles kept, so the masked region decodes differently from `"full"`:
+  The number of Adam steps follows the tiles kept (and `max_steps` caps it: a grid stage of T tiles makes
+  iterations x T/2 steps otherwise, T/2 times as many as a one-tile stage), so the masked region decodes
+  differently from `"full"` with `max_steps=0` (the reference):
   `bench/decoder_opt.py` measures seam, halo, PSNR against `"full"` and time on the same tasks.
 
 Losses stay on the device (no host sync per Adam step); `autocast_bf16` runs the decoder's forward and backward
@@ -26,6 +28,7 @@ tiles composited by alpha; we use overlap tile/4 for both and fuse the decoded t
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -143,10 +146,16 @@ def decoder_optimization(bundle: ModelBundle, sample: torch.Tensor, ref: torch.T
         optimizer = torch.optim.Adam(decoder.parameters(), lr=config.lr)
         loss_before = _total_loss(bundle, items, config.bg_weight, autocast)
         losses = []
-        # 2. Adam over mini-batches of two tiles (tiles share one size, so they stack)
-        for _ in tqdm(range(config.iterations), desc="decoder opt", unit="epoch", leave=False,
-                      disable=not progress or config.iterations == 0):
-            for start in range(0, len(items), 2):
+        # 2. Adam over mini-batches of two tiles (tiles share one size, so they stack), `iterations` epochs or
+        #    `max_steps` steps, whichever ends first (the last epoch may stop part-way through the tiles)
+        per_epoch = (len(items) + 1) // 2
+        n_steps = config.iterations * per_epoch
+        if config.max_steps > 0:
+            n_steps = min(n_steps, config.max_steps)
+        epochs = math.ceil(n_steps / per_epoch)
+        for epoch in tqdm(range(epochs), desc="decoder opt", unit="epoch", leave=False,
+                          disable=not progress or epochs == 0):
+            for start in range(0, min(len(items), 2 * (n_steps - epoch * per_epoch)), 2):
                 batch = [torch.cat(parts) for parts in zip(*items[start:start + 2])]
                 with autocast:
                     loss = _batch_loss(bundle, *batch, config.bg_weight)

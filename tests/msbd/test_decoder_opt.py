@@ -117,6 +117,17 @@ def test_border_region_keeps_the_mask_interior_and_optimises_only_border_tiles()
     assert not torch.allclose(res.image[..., 8:16, 8:16], sample[..., 8:16, 8:16])
 
 
+def test_max_steps_caps_the_adam_steps_of_a_tiled_stage():
+    bundle = build_bundle("tiny-test", seed=0)
+    sample, ref, mask = _inputs(64, 96)
+    config = DecoderOptConfig(iterations=4, lr=1e-3, tile=32, skip_empty_tiles=False, region="full", max_steps=5)
+    res = decoder_optimization(bundle, sample, ref, mask, config, 48)
+    assert len(res.losses) == 5                      # 12 tiles: 6 steps an epoch, 24 uncapped
+    one_tile = decoder_optimization(bundle, sample[..., :32, :32], ref[..., :32, :32], mask[..., :32, :32],
+                                    DecoderOptConfig(iterations=4, lr=1e-3, max_steps=5), 48)
+    assert len(one_tile.losses) == 4                 # a one-tile stage makes `iterations` steps, under the cap
+
+
 def test_border_region_uses_the_whole_stage_when_it_is_smaller():
     mask = torch.zeros(48, 48, dtype=torch.bool)
     mask[10:30, 10:30] = True
