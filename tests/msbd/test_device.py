@@ -97,3 +97,22 @@ def test_edit_cli_runs_on_the_emulated_gpu(tmp_path, fusion, dtype):
     before, after = np.asarray(Image.open(image)), np.asarray(Image.open(out))
     keep = np.asarray(Image.open(mask)) < 128
     assert np.array_equal(before[keep], after[keep])
+
+
+def test_memory_check_reads_the_gpus_free_memory_not_the_hosts():
+    """On CUDA the estimate is compared with torch.cuda.mem_get_info: a card with little free memory refuses the
+    edit up front, though the host has plenty."""
+    from msbd.config import MSBDConfig
+    from msbd.errors import InputError
+    from msbd.memory import available_memory, check_memory, estimate_memory, host_available
+    from msbd.models import build_bundle
+    config = MSBDConfig.for_native_size(32)
+    with EmulatedCUDA(total_bytes=16 * 2**30, free_bytes=2**30):
+        bundle = build_bundle("tiny-test", device="cuda")
+        assert available_memory(bundle.device) == 2**30 < host_available()
+        est = estimate_memory(config, bundle, (4096, 4096), 4096)
+        assert 2**30 < est["peak"] < host_available()
+        with pytest.raises(InputError, match="peak GPU memory .* exceeds the available 1.0 GiB on cuda"):
+            check_memory(config, bundle, (4096, 4096), 4096)
+    with EmulatedCUDA(free_bytes=64 * 2**30):
+        assert check_memory(config, build_bundle("tiny-test", device="cuda"), (4096, 4096), 4096)["peak"] > 0

@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import torch
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -24,7 +25,11 @@ def test_smoke_demo_writes_png_with_metadata(tmp_path):
 
 
 def test_bad_settings_give_one_line_and_exit_2(tmp_path):
-    for override, words in (("smoke.steps=-1", "smoke.steps"), ("dtype=float8", "dtype"), ("smoke.size=31", "size"), ("msbd.first_stage.bach=3", "bach"), ("model=nope", "model/nope")):
+    cases = [("smoke.steps=-1", "smoke.steps"), ("dtype=float8", "dtype"), ("smoke.size=31", "size"),
+             ("msbd.first_stage.bach=3", "bach"), ("model=nope", "model/nope"), ("dtype=float16", "dtype=float32")]
+    if not torch.cuda.is_available():
+        cases.append(("device=cuda", "device=cpu"))
+    for override, words in cases:
         result = _run(tmp_path, override)
         assert result.returncode == 2, (override, result.stderr)
         lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
