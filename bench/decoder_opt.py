@@ -30,9 +30,10 @@ from msbd.config import MSBDConfig, replace  # noqa: E402
 from msbd.pipeline import run_msbd  # noqa: E402
 
 # full: the reference (whole stage, iterations x tiles/2 Adam steps); border: the default (border tiles, <= 200
-# steps); border_uncapped: border tiles, no cap; off: no decoder optimisation
+# steps); border_uncapped: border tiles, no cap; off: no decoder optimisation; border_bf16: border under bf16 autocast
 VARIANTS = {"full": {"region": "full", "max_steps": 0}, "border": {"region": "border", "max_steps": 200},
-            "border_uncapped": {"region": "border", "max_steps": 0}, "off": {"enabled": False}}
+            "border_uncapped": {"region": "border", "max_steps": 0}, "off": {"enabled": False},
+            "border_bf16": {"region": "border", "max_steps": 200, "autocast_bf16": True}}
 
 
 def psnr(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float:
@@ -107,6 +108,9 @@ def summarise(rows_path: Path, out: Path, args) -> None:
         summary[name] = mean
         print(f"| {name} | {len(sel)} | {mean['seconds']:.1f} | {mean['decoder_opt_s']:.1f} | {mean['seam']:.3f} | "
               f"{mean['halo_colour']:.2f} | {mean['halo_texture']:.3f} | {mean['psnr_mask_vs_full']:.1f} |")
+    if "border" in summary and "border_bf16" in summary:
+        print(f"border_bf16 / border: decoder optimisation time x"
+              f"{summary['border_bf16']['decoder_opt_s'] / max(summary['border']['decoder_opt_s'], 1e-9):.2f}")
     if "full" in summary and "border" in summary:
         ratio = summary["border"]["decoder_opt_s"] / max(summary["full"]["decoder_opt_s"], 1e-9)
         edit_ratio = summary["border"]["seconds"] / max(summary["full"]["seconds"], 1e-9)

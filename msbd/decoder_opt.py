@@ -11,15 +11,17 @@ weights (and its dtype) are restored afterwards, so every call starts from the p
 Which pixels are optimised (`region`):
 * `"full"` (the reference): stages up to `max_edgelen` as one tile, larger ones on `tile` px tiles (overlap
   tile/4), two per Adam step, `iterations` epochs; with `skip_empty_tiles` (default) only tiles holding mask pixels.
-* `"border"` (default): only the `tile` px tiles that hold the mask border (mask and background pixels both), or the
-  whole stage when that is smaller. Paste-back keeps only the masked pixels, so the decoder matters where its
-  receptive field meets the border (the seam); deep inside the mask the objective asks D_theta(z) to equal D_0(z),
-  so the stage output is kept there. The re-decoded border tiles are blended into the stage output with a ramp
-  of tile/4 px (the tile overlap) inside their union, so no step appears where the re-decoded region ends.
-  The number of Adam steps follows the tiles kept (and `max_steps` caps it: a grid stage of T tiles makes
+* `"border"` (default): the same tiles are re-decoded, but the decoder is *trained* only on the `tile` px tiles
+  that hold the mask border (mask and background pixels both), or on the whole stage when that is smaller.
+  Paste-back keeps only the masked pixels, so the decoder matters where its receptive field meets the border
+  (the seam); deep inside the mask the objective only asks D_theta(z) to stay D_0(z), which the border tiles ask
+  as well. Training is the cost (a forward and a backward pass per tile and step); the re-decode is one forward
+  pass per tile, so the whole masked area still decodes with one decoder and no step appears where the trained
+  region ends (blending the re-decoded border tiles into the stage output left visible tile-shaped patches).
+  The number of Adam steps follows the tiles trained (and `max_steps` caps it: a grid stage of T tiles makes
   iterations x T/2 steps otherwise, T/2 times as many as a one-tile stage), so the masked region decodes
-  differently from `"full"` with `max_steps=0` (the reference):
-  `bench/decoder_opt.py` measures seam, halo, PSNR against `"full"` and time on the same tasks.
+  differently from `"full"` with `max_steps=0` (the reference): `bench/decoder_opt.py` measures seam, halo,
+  PSNR against `"full"` and time on the same tasks.
 
 Losses stay on the device (no host sync per Adam step); `autocast_bf16` runs the decoder's forward and backward
 under bf16 autocast (weights and Adam state stay fp32). A tqdm bar over the epochs shows time left (`progress`).
@@ -33,7 +35,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import ndimage
 from tqdm.auto import tqdm
 
 from msbd.config import DecoderOptConfig
@@ -85,7 +86,7 @@ def _coverage_weight(boxes: list[Box], height: int, width: int, device: torch.de
 
 
 def border_tiles(mask: np.ndarray, tile: int, max_edgelen: int) -> list[Box]:
-    """Tiles for region="border": the `tile` px tiles (overlap tile/4) holding both mask and background pixels,
+    """Training tiles of region="border": the `tile` px tiles (overlap tile/4) holding mask and background pixels,
     or the whole stage when it fits in one piece (<= max_edgelen) and the border tiles would cover more pixels.
     mask: [H, W] bool (host). [] when the mask has no border (all or nothing)."""
     height, width = mask.shape
@@ -99,18 +100,6 @@ def border_tiles(mask: np.ndarray, tile: int, max_edgelen: int) -> list[Box]:
     return boxes
 
 
-def _blend_ramp(boxes: list[Box], height: int, width: int, ramp_px: int) -> np.ndarray:
-    """[H, W] weight of the re-decoded tiles: 1 inside their union, falling to 0 over ramp_px towards pixels no
-    tile covers (the image border does not count as uncovered)."""
-    covered = np.zeros((height, width), bool)
-    for box in boxes:
-        covered[box.slices] = True
-    if covered.all():
-        return covered.astype(np.float32)
-    dist = ndimage.distance_transform_edt(covered)
-    return np.clip(dist / max(1, ramp_px), 0, 1).astype(np.float32)
-
-
 def decoder_optimization(bundle: ModelBundle, sample: torch.Tensor, ref: torch.Tensor, mask_px: torch.Tensor,
                          config: DecoderOptConfig, max_edgelen: int, progress: bool = False) -> DecoderOptResult:
     """Optimise the decoder for one stage output and return its re-decoded image (weights restored).
@@ -120,15 +109,13 @@ def decoder_optimization(bundle: ModelBundle, sample: torch.Tensor, ref: torch.T
     """
     height, width = sample.shape[-2:]
     mask_host = mask_px[0, 0].detach().cpu().numpy() > 0.5      # one copy: tile selection is host geometry
-    if config.region == "border":
-        boxes = border_tiles(mask_host, config.tile, max_edgelen)
-    else:
-        boxes = optimisation_tiles(height, width, config.tile, max_edgelen)
-        if config.skip_empty_tiles and len(boxes) > 1:
-            # tiles without mask pixels are replaced by the original at paste-back, so their pixels do not matter;
-            # dropping them changes the Adam steps (and so the masked region), which bench/decoder_opt.py measures
-            boxes = [b for b in boxes if mask_host[b.slices].any()]
-    if not boxes:
+    decode_boxes = optimisation_tiles(height, width, config.tile, max_edgelen)
+    if config.skip_empty_tiles and len(decode_boxes) > 1:
+        # tiles without mask pixels are replaced by the original at paste-back, so their pixels do not matter;
+        # dropping them changes the Adam steps (and so the masked region), which bench/decoder_opt.py measures
+        decode_boxes = [b for b in decode_boxes if mask_host[b.slices].any()]
+    boxes = border_tiles(mask_host, config.tile, max_edgelen) if config.region == "border" else decode_boxes
+    if not boxes or not decode_boxes:
         return DecoderOptResult(sample, 0.0, 0.0, [])
     vae, decoder = bundle.vae, bundle.vae.decoder
     saved = {k: v.detach().clone() for k, v in decoder.state_dict().items()}
@@ -168,16 +155,15 @@ def decoder_optimization(bundle: ModelBundle, sample: torch.Tensor, ref: torch.T
         #    ~3.5 KB per stage pixel, 5.8 GB at a 1280 px grid stage)
         decode = lambda z: _decode(bundle, z).clamp(-1, 1).add(1).div(2)  # noqa: E731
         with torch.no_grad():
-            if len(boxes) == 1 and (boxes[0].height, boxes[0].width) == (height, width):
+            whole = len(decode_boxes) == 1 and (decode_boxes[0].height, decode_boxes[0].width) == (height, width)
+            if whole and boxes == decode_boxes:
                 image = decode(z_tiles[0])
+            elif whole:
+                image = decode(bundle.encode(sample * 2 - 1))
             else:
-                z = encode_tiled(bundle, sample, boxes, config.tile // 4)
-                image, covered = decode_tiled(bundle, z, boxes, config.tile // 4, decode=decode)
-                if config.region == "border":
-                    ramp = torch.from_numpy(_blend_ramp(boxes, height, width, config.tile // 4)).to(device)
-                    image = ramp * image + (1 - ramp) * sample
-                else:
-                    image = torch.where(covered, image, sample)
+                z = encode_tiled(bundle, sample, decode_boxes, config.tile // 4)
+                image, covered = decode_tiled(bundle, z, decode_boxes, config.tile // 4, decode=decode)
+                image = torch.where(covered, image, sample)
         loss_values = torch.stack(losses).tolist() if losses else []    # one sync for every step's loss
     finally:
         decoder.load_state_dict(saved)
