@@ -158,3 +158,38 @@ def test_batched_grid_tiles_match_one_by_one(bundle, fusion):
     assert (outs[4].image - outs[1].image).abs().max() < 1e-4
     split = outs[4].profile
     assert split["unet"]["calls"] == outs[4].model_calls and split["vae_decode"]["calls"] >= 1
+
+
+def test_upscaling_stages_use_their_own_eta_and_guidance(bundle, monkeypatch):
+    """upscale.eta / upscale.guidance drive the upscaling stages; first_stage.* only the first (issue 23 item 5)."""
+    import msbd.pipeline as pipeline
+    seen = []
+    real = pipeline.sample
+
+    def spy(model, cfg, **kw):
+        seen.append((cfg.eta, cfg.guidance_scale, cfg.strength))
+        return real(model, cfg, **kw)
+
+    monkeypatch.setattr(pipeline, "sample", spy)
+    image, mask = scene(80, 96, (20, 30, 50, 70))
+    cfg = tiny_config(first_stage__guidance=3.0, first_stage__eta=0.5, upscale__guidance=9.0, upscale__eta=0.0)
+    run_msbd(image, mask, "a red cube", cfg, bundle)
+    assert seen[0][:2] == (0.5, 3.0) and len(seen) > 1
+    assert all(s[:2] == (0.0, 9.0) for s in seen[1:])
+
+
+def test_reference_crop_rule_plans_from_the_raw_mask(bundle, monkeypatch):
+    """crop_rule=reference takes the bbox of the raw nonzero mask (issue 23 item 6): run_msbd plans from the mask
+    it is given, not from its binarised copy, so its plan equals the one cli_edit estimates memory from."""
+    from msbd.crop import plan_crop
+    image, _ = scene(128, 128, (0, 0, 1, 1))
+    mask = np.zeros((128, 128), np.float32)
+    mask[40:80, 40:80] = 1.0
+    mask[20:40, 40:80] = 0.3                        # soft fringe: nonzero, below the 0.5 edit threshold
+    cfg = tiny_config(first_stage__steps=1, first_stage__batch=1, first_stage__repaint_steps=0, upscale__steps=2)
+    cfg.reference_quirks.crop_rule = "reference"
+    result = run_msbd(image, mask, "a red cube", cfg, bundle)
+    expected = plan_crop(mask, cfg.margin, 64, "reference")
+    binarised = plan_crop((mask >= 0.5).astype(np.float32), cfg.margin, 64, "reference")
+    assert (expected.diff_h, expected.diff_w) != (binarised.diff_h, binarised.diff_w)
+    assert result.plan == expected
