@@ -124,16 +124,8 @@ def peak_bytes(device: torch.device) -> int:
 def diffusers_unet(config: UNetConfig):
     """diffusers' UNet2DConditionModel shaped as our UNetConfig (random weights, diffusers' initialisation)."""
     from diffusers import UNet2DConditionModel
-    c = config
-    attn = [2**level in c.attention_resolutions for level in range(len(c.channel_mult))]
-    return UNet2DConditionModel(
-        in_channels=c.in_channels, out_channels=c.out_channels,
-        down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn),
-        up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
-        block_out_channels=tuple(m * c.model_channels for m in c.channel_mult), layers_per_block=c.num_res_blocks,
-        cross_attention_dim=c.context_dim, attention_head_dim=c.num_heads, norm_num_groups=c.norm_num_groups,
-        norm_eps=1e-5, flip_sin_to_cos=True, freq_shift=0,
-    ).eval()
+    from ldm.convert.unet import diffusers_unet_kwargs
+    return UNet2DConditionModel(**diffusers_unet_kwargs(config)).eval()
 
 
 def unet_flops(config: UNetConfig, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> int | None:

@@ -62,6 +62,11 @@ def optimisation_tiles(height: int, width: int, tile: int, max_edgelen: int) -> 
     """One tile when both sides are <= max_edgelen, else tile x tile boxes with overlap tile/4 (all the same size)."""
     if height <= max_edgelen and width <= max_edgelen:
         return [Box(0, 0, height, width)]
+    return _tile_grid(height, width, tile)
+
+
+def _tile_grid(height: int, width: int, tile: int) -> list[Box]:
+    """tile x tile boxes with overlap tile/4 covering height x width (the last ones shifted back)."""
     rows, cols = _spans(height, tile, tile // 4), _spans(width, tile, tile // 4)
     return [Box(r0, c0, r1, c1) for r0, r1 in rows for c0, c1 in cols]
 
@@ -90,9 +95,7 @@ def border_tiles(mask: np.ndarray, tile: int, max_edgelen: int) -> list[Box]:
     or the whole stage when it fits in one piece (<= max_edgelen) and the border tiles would cover more pixels.
     mask: [H, W] bool (host). [] when the mask has no border (all or nothing)."""
     height, width = mask.shape
-    rows, cols = _spans(height, tile, tile // 4), _spans(width, tile, tile // 4)
-    boxes = [Box(r0, c0, r1, c1) for r0, r1 in rows for c0, c1 in cols]
-    boxes = [b for b in boxes if mask[b.slices].any() and not mask[b.slices].all()]
+    boxes = [b for b in _tile_grid(height, width, tile) if mask[b.slices].any() and not mask[b.slices].all()]
     whole = Box(0, 0, height, width)
     if boxes and height <= max_edgelen and width <= max_edgelen and \
             sum(b.height * b.width for b in boxes) >= height * width:

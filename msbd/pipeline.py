@@ -20,6 +20,7 @@ each tile's low-res window; this also fixes its height-only window ratio), ESRGA
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -27,11 +28,10 @@ from typing import Callable
 
 import numpy as np
 import torch
-
 from tqdm.auto import tqdm
 
 from ldm.sampling import SamplerConfig, sample
-from msbd.config import MSBDConfig
+from msbd.config import MSBDConfig, resolve_seed
 from msbd.crop import Box, CropPlan, box_to_original, from_work_image, place_crop, plan_crop, stage_geometry
 from msbd.crop import stage_sizes, to_work_image, to_work_mask
 from msbd.decoder_opt import decoder_optimization
@@ -106,11 +106,7 @@ class _Run:
     uncond: torch.Tensor            # "" context
     upscale_cond: torch.Tensor      # prompt or "" (upscale.conditional)
     stats: CallStats = field(default_factory=CallStats)
-    hook: Callable[[str], None] = lambda name: None
-
-    @property
-    def device(self) -> torch.device:
-        return self.bundle.device
+    hook: StageHook = lambda name: None
 
 
 def generator(seed: int, *keys: int) -> torch.Generator:
@@ -228,7 +224,7 @@ def grid_stage(run: _Run, image: torch.Tensor, mask_px: torch.Tensor, stage: int
     strength = run.config.upscale.grid_strength
     if grid.fusion == "latent":
         return latent_fusion(run, image, mask_px, [boxes[i] for i in run_ids], stage), len(run_ids), len(boxes)
-    tiles: dict[int, torch.Tensor] = {}
+    tiles: list[torch.Tensor] = []                                  # in run_ids order: chunks keep it
     batch = grid_batch(run, (grid.tile, grid.tile), len(run_ids))
     bar = tqdm(total=len(run_ids), desc=f"stage{stage} tiles", unit="tile", leave=False,
                disable=not run.config.progress)
@@ -237,11 +233,10 @@ def grid_stage(run: _Run, image: torch.Tensor, mask_px: torch.Tensor, stage: int
         gens = [generator(run.config.seed, stage, 0 if q.same_seed_per_tile else i) for i in chunk]
         out = refine(run, torch.cat([image[..., *boxes[i].slices] for i in chunk]),
                      torch.cat([mask_px[..., *boxes[i].slices] for i in chunk]), strength, gens)
-        tiles.update(zip(chunk, out.split(1)))
+        tiles += out.split(1)
         bar.update(len(chunk))
     bar.close()
-    out = alpha_composite([tiles[i] for i in run_ids], [boxes[i] for i in run_ids], image, grid.overlap,
-                          q.alpha_quantize)
+    out = alpha_composite(tiles, [boxes[i] for i in run_ids], image, grid.overlap, q.alpha_quantize)
     return out, len(run_ids), len(boxes)
 
 
@@ -300,7 +295,7 @@ def run_msbd(image: np.ndarray, mask: np.ndarray, prompt: str, config: MSBDConfi
     plans and tile boxes are numpy geometry on the host. The result comes back to the host once, at paste-back.
     """
     config.validate()
-    config = replace_seed(config)
+    config = dataclasses.replace(config, seed=resolve_seed(config.seed))   # -1: a drawn seed (EditResult.seed)
     hook = on_stage or (lambda name: None)
     q, up_cfg = config.reference_quirks, config.upscale
     device = bundle.device
@@ -376,15 +371,6 @@ def run_msbd(image: np.ndarray, mask: np.ndarray, prompt: str, config: MSBDConfi
     for s in stages:
         timings[s.name] = s.seconds
     return EditResult(result, stages, candidates, scores, chosen, plan, timings, stats.totals(), config.seed)
-
-
-def replace_seed(config: MSBDConfig) -> MSBDConfig:
-    """The config with seed -1 ("random") replaced by a drawn seed (EditResult.seed records it)."""
-    if config.seed != -1:
-        return config
-    import dataclasses
-    from msbd.config import resolve_seed
-    return dataclasses.replace(config, seed=resolve_seed(config.seed))
 
 
 def _stitched_crop(work: torch.Tensor, prev: torch.Tensor, prev_box: Box, box: Box) -> torch.Tensor:

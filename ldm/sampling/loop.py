@@ -100,8 +100,7 @@ class SampleNoise:
                 block = block.pin_memory().to(self.device, non_blocking=True)
             elif block.device != self.device:
                 block = block.to(self.device)
-            ready.extend(block.unbind(0))
-            ready.reverse()
+            ready.extend(reversed(block.unbind(0)))   # popped from the end: first draw last
         if purpose in self.remaining:
             self.remaining[purpose] -= 1
         return ready.pop()

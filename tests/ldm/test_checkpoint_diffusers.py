@@ -9,6 +9,7 @@ reference's largest value <= 1e-5).
 import pytest
 import torch
 
+from ldm.convert.unet import diffusers_unet_kwargs
 from ldm.checkpoint import CheckpointError, expected_keys, load_models, read_state_dict
 from ldm.config import TINY_TEST
 
@@ -28,16 +29,7 @@ def _perturb(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _reference_unet():
-    c = CONFIG.unet
-    attn = [2**level in c.attention_resolutions for level in range(len(c.channel_mult))]
-    return _perturb(diffusers.UNet2DConditionModel(
-        in_channels=c.in_channels, out_channels=c.out_channels,
-        down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn),
-        up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
-        block_out_channels=tuple(m * c.model_channels for m in c.channel_mult), layers_per_block=c.num_res_blocks,
-        cross_attention_dim=c.context_dim, attention_head_dim=c.num_heads, norm_num_groups=c.norm_num_groups,
-        norm_eps=1e-5, flip_sin_to_cos=True, freq_shift=0,
-    ))
+    return _perturb(diffusers.UNet2DConditionModel(**diffusers_unet_kwargs(CONFIG.unet)))
 
 
 def _reference_vae():
