@@ -365,7 +365,10 @@ def figure_grid(rows: Sequence[Sequence[np.ndarray]], path: Path, col_labels: Se
         for j, image in enumerate(images):
             r = i * (2 if zoom else 1)
             gray = {"cmap": "gray", "vmin": 0, "vmax": 255} if image.ndim == 2 else {}   # masks: white = edit
-            axes[r, j].imshow(image, interpolation="lanczos" if max(image.shape[:2]) > 600 else "nearest", **gray)
+            small = _display_copy(image)      # drawn in the original's coordinates (extent), so zoom boxes fit
+            h, w = image.shape[:2]
+            axes[r, j].imshow(small, interpolation="antialiased" if small is not image else "nearest",
+                              extent=(-0.5, w - 0.5, h - 0.5, -0.5), **gray)
             if row_zoom:
                 top, left, h, w = row_zoom
                 axes[r, j].add_patch(matplotlib.patches.Rectangle((left, top), w, h, fill=False, color="yellow", lw=1))
@@ -383,6 +386,18 @@ def figure_grid(rows: Sequence[Sequence[np.ndarray]], path: Path, col_labels: Se
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _display_copy(image: np.ndarray, side: int = 640) -> np.ndarray:
+    """The image resized (Lanczos, PIL) to at most `side` px, a few times a grid cell's pixels at the figure's dpi;
+    matplotlib's own resampling of a multi-megapixel array took seconds per image."""
+    h, w = image.shape[:2]
+    if max(h, w) <= side:
+        return image
+    from PIL import Image
+    scale = side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize(size, Image.LANCZOS))
 
 
 def zoom_box(mask: np.ndarray, size: int = 96) -> tuple[int, int, int, int]:
