@@ -27,7 +27,7 @@ from msbd.errors import InputError
 from msbd.io import _check_output, load_image, load_mask, load_source, output_like, save_png_atomic
 from msbd.memory import available_memory, check_memory, estimate_memory  # noqa: F401  (the edit API's)
 from msbd.models import ModelBundle
-from msbd.pipeline import EditResult, _ceil64, run_msbd
+from msbd.pipeline import EditResult, StageHook, StepHook, _ceil64, run_msbd
 from msbd.stitch import to_uint8
 
 PathLike = str | os.PathLike
@@ -92,8 +92,11 @@ def save_intermediates(result: EditResult, directory: PathLike, truncate: bool =
 
 def edit(image_path: PathLike, mask_path: PathLike, prompt: str, output_path: PathLike, config: MSBDConfig,
          bundle: ModelBundle, intermediates_dir: PathLike | None = None, memory_limit_bytes: int | None = None,
-         progress: bool = True) -> EditResult:
-    """Edit one image from files; returns the pipeline's result after writing `output_path` (PNG)."""
+         progress: bool = True, on_stage: StageHook | None = None, on_step: StepHook | None = None) -> EditResult:
+    """Edit one image from files; returns the pipeline's result after writing `output_path` (PNG).
+
+    on_stage / on_step: passed to `run_msbd` (progress and cancelling in the web app); nothing is written when
+    they raise."""
     # 1. Validate everything before a model runs
     prompt = validate_prompt(prompt, bundle)
     validate_config(config, bundle.size_multiple)
@@ -107,14 +110,16 @@ def edit(image_path: PathLike, mask_path: PathLike, prompt: str, output_path: Pa
     n_stages = len(stage_sizes(plan.long_edge, _ceil64(config.first_stage.size), up.max_edgelen, up.straight_to_grid))
     bar = tqdm(total=n_stages + 2, desc="MSBD", disable=not progress)
 
-    def on_stage(name: str) -> None:
+    def stage_hook(name: str) -> None:
         if name != "first" and ":" not in name:    # "stage2: tiles 1-16/43" names progress inside a stage
             bar.update(1)
         bar.set_postfix_str(name)
+        if on_stage is not None:
+            on_stage(name)
 
     run_config = dataclasses.replace(config, progress=progress and config.progress)
     try:
-        result = run_msbd(image, mask, prompt, run_config, bundle, on_stage)
+        result = run_msbd(image, mask, prompt, run_config, bundle, on_stage=stage_hook, on_step=on_step)
         bar.update(1)
     finally:
         bar.close()

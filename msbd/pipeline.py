@@ -43,6 +43,7 @@ from msbd.stitch import alpha_composite, fusion_weights, grid_tiles, paste_back,
 from msbd.upscale import lowpass_reference, upsample
 
 StageHook = Callable[[str], None]
+StepHook = Callable[[int], None]    # called after every UNet call with the edit's count so far
 
 
 @dataclass
@@ -86,13 +87,16 @@ class EditResult:
 class _Counter:
     """Counts and times calls of the model callable (one per UNet evaluation, whatever its batch)."""
 
-    def __init__(self, model: Callable, stats: CallStats | None = None) -> None:
-        self.model, self.calls, self.stats = model, 0, stats or CallStats()
+    def __init__(self, model: Callable, stats: CallStats | None = None, on_call: StepHook | None = None) -> None:
+        self.model, self.calls, self.stats, self.on_call = model, 0, stats or CallStats(), on_call
 
     def __call__(self, x_t, t, context):
         self.calls += 1
         with self.stats.time("unet"):
-            return self.model(x_t, t, context)
+            eps = self.model(x_t, t, context)
+        if self.on_call is not None:
+            self.on_call(self.calls)
+        return eps
 
 
 @dataclass
@@ -288,8 +292,11 @@ def _ceil64(x: int) -> int:
 
 
 def run_msbd(image: np.ndarray, mask: np.ndarray, prompt: str, config: MSBDConfig, bundle: ModelBundle,
-             on_stage: StageHook | None = None) -> EditResult:
+             on_stage: StageHook | None = None, on_step: StepHook | None = None) -> EditResult:
     """Edit `image` ([H, W, 3] uint8) inside `mask` ([H, W] in [0, 1], >= 0.5 = edit) to show `prompt`.
+
+    on_stage(name) is called when a stage (or a chunk of grid tiles) starts, on_step(n) after the n-th UNet call;
+    an exception raised by either stops the edit (the app's cancel button).
 
     Everything computed lives on `bundle.device` from here on (work image, masks, references, accumulators); crop
     plans and tile boxes are numpy geometry on the host. The result comes back to the host once, at paste-back.
@@ -316,7 +323,7 @@ def run_msbd(image: np.ndarray, mask: np.ndarray, prompt: str, config: MSBDConfi
         work_mask = work_mask_host.to(device)
         with torch.no_grad():
             cond, uncond = bundle.encode_text([prompt]), bundle.encode_text([""])
-        run = _Run(bundle, config, _Counter(denoiser(bundle), stats), cond, uncond,
+        run = _Run(bundle, config, _Counter(denoiser(bundle), stats, on_step), cond, uncond,
                    cond if up_cfg.conditional else uncond, stats, hook)
         stages: list[StageResult] = []
         # 2. First stage on the square crop, rerank, decoder optimisation

@@ -1,0 +1,69 @@
+"""The pipeline's progress hooks the web app uses: on_stage / on_step of run_msbd and edit (tiny random weights)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from msbd.cli_edit import edit
+from msbd.config import MSBDConfig
+from msbd.models import build_bundle
+from msbd.pipeline import run_msbd
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return build_bundle("tiny-test", seed=0)
+
+
+def tiny_config() -> MSBDConfig:
+    cfg = MSBDConfig.for_native_size(32, seed=3)
+    cfg.first_stage.steps, cfg.first_stage.batch, cfg.first_stage.repaint_steps = 3, 2, 1
+    cfg.upscale.steps, cfg.upscale.strength, cfg.upscale.grid_strength = 4, 0.5, 0.5
+    cfg.upscale.mode, cfg.decoder_opt.enabled = "bilinear", False
+    return cfg
+
+
+def scene() -> tuple[np.ndarray, np.ndarray]:
+    image = np.random.default_rng(0).integers(0, 256, (80, 96, 3), dtype=np.uint8)
+    mask = np.zeros((80, 96), np.float32)
+    mask[20:50, 30:70] = 1
+    return image, mask
+
+
+def test_on_step_counts_every_unet_call_and_changes_nothing(bundle):
+    image, mask = scene()
+    steps, stages = [], []
+    hooked = run_msbd(image, mask, "a red cube", tiny_config(), bundle, on_stage=stages.append, on_step=steps.append)
+    plain = run_msbd(image, mask, "a red cube", tiny_config(), bundle)
+    total = sum(s.model_calls for s in hooked.stages)
+    assert total > 0 and steps == list(range(1, total + 1))
+    assert stages[0] == "first" and stages[-1] == "paste" and any(":" in s and "tiles" in s for s in stages)
+    assert np.array_equal(hooked.image, plain.image)
+
+
+def test_raising_hook_stops_edit_and_writes_nothing(bundle, tmp_path):
+    image, mask = scene()
+    from PIL import Image
+    Image.fromarray(image).save(tmp_path / "in.png")
+    Image.fromarray((mask * 255).astype(np.uint8)).save(tmp_path / "mask.png")
+    calls = []
+
+    def stop_at_3(n: int) -> None:
+        calls.append(n)
+        if n == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        edit(tmp_path / "in.png", tmp_path / "mask.png", "a red cube", tmp_path / "out.png", tiny_config(), bundle,
+             progress=False, on_step=stop_at_3)
+    assert calls == [1, 2, 3]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "mask.png"]
+    # the stage hook reaches edit's caller too, and the edit then completes
+    names = []
+    edit(tmp_path / "in.png", tmp_path / "mask.png", "a red cube", tmp_path / "out.png", tiny_config(), bundle,
+         progress=False, on_stage=names.append)
+    assert names[0] == "first" and (tmp_path / "out.png").is_file()
