@@ -90,6 +90,20 @@ def save_intermediates(result: EditResult, directory: PathLike, truncate: bool =
         save_png_atomic(to_uint8(stage.image, truncate), directory / f"stage_{k}_{name}.png")
 
 
+def prepare_edit(image_path: PathLike, mask_path: PathLike, prompt: str, output_path: PathLike, config: MSBDConfig,
+                 bundle: ModelBundle, memory_limit_bytes: int | None = None):
+    """Every check of `edit` before a model runs (InputError, nothing written; seed -1 resolved in `config`):
+    returns (stripped prompt, image [H, W, 3] uint8, mask [H, W], crop plan)."""
+    prompt = validate_prompt(prompt, bundle)
+    validate_config(config, bundle.size_multiple)
+    _check_output(Path(output_path), (image_path, mask_path), allow_lossy=False)
+    image = load_image(image_path)
+    mask = load_mask(mask_path, image.shape[:2])
+    plan = plan_crop(mask, config.margin, _ceil64(config.first_stage.size), config.reference_quirks.crop_rule)
+    check_memory(config, bundle, image.shape[:2], plan.long_edge, memory_limit_bytes)
+    return prompt, image, mask, plan
+
+
 def edit(image_path: PathLike, mask_path: PathLike, prompt: str, output_path: PathLike, config: MSBDConfig,
          bundle: ModelBundle, intermediates_dir: PathLike | None = None, memory_limit_bytes: int | None = None,
          progress: bool = True, on_stage: StageHook | None = None, on_step: StepHook | None = None) -> EditResult:
@@ -98,13 +112,8 @@ def edit(image_path: PathLike, mask_path: PathLike, prompt: str, output_path: Pa
     on_stage / on_step: passed to `run_msbd` (progress and cancelling in the web app); nothing is written when
     they raise."""
     # 1. Validate everything before a model runs
-    prompt = validate_prompt(prompt, bundle)
-    validate_config(config, bundle.size_multiple)
-    _check_output(Path(output_path), (image_path, mask_path), allow_lossy=False)
-    image = load_image(image_path)
-    mask = load_mask(mask_path, image.shape[:2])
-    plan = plan_crop(mask, config.margin, _ceil64(config.first_stage.size), config.reference_quirks.crop_rule)
-    check_memory(config, bundle, image.shape[:2], plan.long_edge, memory_limit_bytes)
+    prompt, image, mask, plan = prepare_edit(image_path, mask_path, prompt, output_path, config, bundle,
+                                             memory_limit_bytes)
     # 2. Run with an overall bar over the stages (the sampler adds one per stage when config.progress)
     up = config.upscale
     n_stages = len(stage_sizes(plan.long_edge, _ceil64(config.first_stage.size), up.max_edgelen, up.straight_to_grid))
