@@ -10,30 +10,35 @@ from local files only. Scores are 100 x cosine similarity, as the reference's `l
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import warnings
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import open_clip
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from open_clip.transformer import text_global_pool
+from PIL import Image
 from safetensors.torch import save_file
 
 from msbd.toy.data import images_to_tensor, render_cache, resize_area, seed_range
-from msbd.toy.fit import adamw_with_schedule, fit_resumable
 
 TOY_CLIP_NAME = "msbd-toy-clip"
 TOY_CLIP_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", f"{TOY_CLIP_NAME}.json")
 CLIP_SCORE_SCALE = 100.0    # score = 100 * cosine, the fixed scale of OpenAI ViT-L/14's logits
 RENDER_SIZE = 128           # training and evaluation scenes are rendered here, then resized to the model input
 MAX_LOGIT_SCALE = math.log(100.0)   # open_clip's clamp of the learnable temperature
+_TRAINING = ("ClipLitModule", "train_clip")   # in msbd.toy.clip_train: pytorch_lightning is imported for training only
+
+
+def __getattr__(name: str):
+    if name in _TRAINING:
+        from msbd.toy import clip_train
+        return getattr(clip_train, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def register_toy_clip() -> None:
@@ -153,37 +158,6 @@ def encode_text_trimmed(model: open_clip.CLIP, tokens: torch.Tensor) -> torch.Te
     return x @ model.text_projection
 
 
-class ClipLitModule(pl.LightningModule):
-    """Contrastive training of `msbd-toy-clip`. A batch is (images `[B, 3, S, S]` normalised, tokens `[B, 77]`)."""
-
-    def __init__(self, lr: float = 1e-3, weight_decay: float = 0.1, warmup_steps: int = 100,
-                 max_steps: int = 2000):
-        super().__init__()
-        self.save_hyperparameters()
-        self.model = create_toy_clip()
-
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        images, tokens = batch
-        loss = contrastive_loss(self.model.encode_image(images), encode_text_trimmed(self.model, tokens),
-                                self.model.logit_scale, tokens)
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/logit_scale", self.model.logit_scale.exp())
-        return loss
-
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        with torch.no_grad():
-            self.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-
-    def configure_optimizers(self) -> dict:
-        # open_clip's rule: no weight decay on gains, biases and the temperature.
-        named = list(self.model.named_parameters())
-        exclude = [p for n, p in named if p.ndim < 2 or "ln" in n or "bias" in n or "logit_scale" in n]
-        include = [p for n, p in named if not (p.ndim < 2 or "ln" in n or "bias" in n or "logit_scale" in n)]
-        groups = [{"params": include, "weight_decay": self.hparams.weight_decay},
-                  {"params": exclude, "weight_decay": 0.0}]
-        return adamw_with_schedule(self, groups, self.hparams.lr, self.hparams.warmup_steps, self.hparams.max_steps)
-
-
 def export_clip(model: torch.nn.Module, path: str) -> None:
     """Save the open_clip state dict in fp16 safetensors (loadable by `load_reranker`)."""
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
@@ -285,34 +259,6 @@ class ClipTrainConfig:
     warmup_steps: int = 100
     max_steps: int = 2000         # schedule length; training also stops at max_minutes
     eval_n: int = 200             # held-out scenes for the retrieval score written to metrics.json
-
-
-def train_clip(out_dir: str, max_minutes: float, seed: int, config: ClipTrainConfig = ClipTrainConfig(),
-               cache_dir: str | None = None) -> dict:
-    """Train `msbd-toy-clip` (resumable from out_dir/last.ckpt), export out_dir/clip.safetensors (fp16), evaluate.
-
-    Returns (and writes to out_dir/metrics.json) the export path, steps done and held-out top-1 retrieval.
-    """
-    # 1. data: a render cache of the training scenes, resized once to the model input
-    pl.seed_everything(seed, workers=True)
-    cache_dir = os.path.join(out_dir, "cache") if cache_dir is None else cache_dir
-    cache = render_cache(cache_dir, seed_range("train", config.n_train), RENDER_SIZE)
-    module = ClipLitModule(lr=config.lr, weight_decay=config.weight_decay, warmup_steps=config.warmup_steps,
-                           max_steps=config.max_steps)
-    dataset = caption_dataset(cache.images, cache.captions, module.model.visual.image_size[0],
-                              open_clip.get_tokenizer(TOY_CLIP_NAME))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=True)
-    # 2. fit (time-boxed, resumable)
-    trainer = fit_resumable(module, loader, out_dir, max_minutes, config.max_steps)
-    # 3. export fp16 and evaluate the exported weights (as they will be used)
-    path = os.path.join(out_dir, "clip.safetensors")
-    export_clip(module.model, path)
-    model, _, _ = load_reranker(TOY_CLIP_NAME, path)
-    metrics = {"weights": path, "steps": trainer.global_step, "config": asdict(config), "seed": seed,
-               "top1_retrieval": eval_clip_retrieval(model, config.eval_n)}
-    _write_json(os.path.join(out_dir, "metrics.json"), metrics)
-    logging.getLogger(__name__).info("toy CLIP: %s", metrics)
-    return metrics
 
 
 def _write_json(path: str, obj: dict) -> None:
