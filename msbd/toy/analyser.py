@@ -19,6 +19,7 @@ Measures (all on uint8 images, no learning):
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass
 
@@ -42,6 +43,7 @@ class AnalyserConfig:
     seam_band_frac: float = 1 / 128  # half-width of the contour band: one pixel of a 128 px render (>= 2 px)
     halo_ring_frac: float = 1 / 16  # width of the rings either side of the contour compared by `halo`
     shape_step_deg: float = 3.0
+    speck_px_per_mp: float = 4.0  # smallest blob `specks_per_tile` counts, in pixels per megapixel of short side^2
     shape_max_px: int = 64  # components are downsampled to about this size before template matching
     edge_max_points: int = 1000
     edge_step_px: float = 0.05
@@ -63,6 +65,15 @@ class EditReport:
     psnr_outside: float
     halo_colour: float = math.nan  # mean-colour distance (0-255) between the repainted ring inside and the original
     halo_texture: float = math.nan  # high-frequency energy inside the ring over outside (1 = same texture)
+    # with the grid stage's tiles (analyse_edit(tiles=...)): steps between neighbouring tiles inside the mask, the
+    # same on lines through the tiles' centres (control), blobs of the prompt's colour and the tile cells they are in
+    tile_step: float = math.nan     # mean luminance step across tile borders (0-255)
+    tile_texture_step: float = math.nan  # mean |log2| gradient-energy ratio across tile borders
+    tile_step_ctrl: float = math.nan
+    tile_texture_ctrl: float = math.nan
+    blobs: int = -1                 # components of the prompt's colour in the mask (>= speck size), object included
+    blob_cells: int = -1            # tile cells holding a blob's centroid
+    mask_cells: int = -1            # tile cells holding mask pixels
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -213,6 +224,113 @@ def halo(edited: np.ndarray, source: np.ndarray, mask: np.ndarray, ring_px: floa
     return colour, texture
 
 
+def tile_cells(tiles, shape: tuple[int, int]) -> np.ndarray:
+    """Index of the tile whose centre is nearest (per axis) to each pixel: the lattice's non-overlapping cells, split
+    in the middle of every overlap. tiles: (top, left, bottom, right) boxes on a row x column lattice. [H, W] int"""
+    rows = sorted({(t[0], t[2]) for t in tiles})
+    cols = sorted({(t[1], t[3]) for t in tiles})
+    cy = np.array([(a + b) / 2 for a, b in rows])
+    cx = np.array([(a + b) / 2 for a, b in cols])
+    iy = np.abs(np.arange(shape[0])[:, None] + 0.5 - cy).argmin(axis=1)
+    ix = np.abs(np.arange(shape[1])[:, None] + 0.5 - cx).argmin(axis=1)
+    return iy[:, None] * len(cols) + ix[None, :]
+
+
+def _cell_borders(tiles, shape: tuple[int, int], control: bool) -> list[tuple[str, float, float, int, int]]:
+    """(axis, position, room, start, stop) of every border between neighbouring cells ("x": a vertical line at
+    column `position` from row start to stop; room: distance to the nearest other cell edge, which patches beside
+    the line must not cross). control=True gives the lines through the centres of the cells after each border
+    instead: the control of `tile_steps`, where no tile border lies."""
+    rows = sorted({(t[0], t[2]) for t in tiles})
+    cols = sorted({(t[1], t[3]) for t in tiles})
+    out = []
+    for axis, spans, other in (("x", cols, rows), ("y", rows, cols)):
+        centres = [(a + b) / 2 for a, b in spans]
+        edges = [spans[0][0]] + [(a + b) / 2 for a, b in itertools.pairwise(centres)] + [spans[-1][1]]
+        lo, hi = max(0, min(s[0] for s in other)), min(max(s[1] for s in other), shape[0 if axis == "x" else 1])
+        for k in range(1, len(edges) - 1):                  # edges[k]: border between cells k-1 and k
+            if control:
+                line = centres[k]
+                room = min(line - edges[k], edges[k + 1] - line)
+            else:
+                line = edges[k]
+                room = min(line - edges[k - 1], edges[k + 1] - line)
+            out.append((axis, line, room, lo, hi))
+    return out
+
+
+def lattice_spacing(tiles) -> tuple[float, int]:
+    """(gap, patch) in pixels for `tile_steps` from a tile lattice: half the overlap of neighbouring tiles (the
+    blending ramp) and a patch as wide as the overlap (without overlap: 1/8 of the stride), at least 4 px;
+    `tile_steps` narrows it where a cell is too small to hold it."""
+    overlaps, strides = [], []
+    for spans in (sorted({(t[0], t[2]) for t in tiles}), sorted({(t[1], t[3]) for t in tiles})):
+        for (a0, a1), (b0, _) in itertools.pairwise(spans):
+            overlaps.append(max(0, a1 - b0))
+            strides.append(b0 - a0)
+    if not strides:
+        return 1.0, 8
+    overlap, stride = float(np.median(overlaps)), float(np.median(strides))
+    return max(1.0, overlap / 2), int(max(4, overlap if overlap > 0 else stride / 8))
+
+
+def tile_steps(edited: np.ndarray, mask: np.ndarray, tiles, exclude: np.ndarray | None = None, control: bool = False,
+               gap_px: float | None = None, patch_px: int | None = None) -> tuple[float, float, int]:
+    """Brightness and texture steps between neighbouring grid tiles inside the mask.
+
+    Along every border of the tile lattice (`tile_cells`), square patches of `patch_px` are compared either side,
+    `gap_px` clear of the line (the blending ramp of the overlap; both default to `lattice_spacing`), using only pixels inside the mask eroded by 2 px
+    and not in `exclude` (the new object, whose outline would count as a step). Returns (mean absolute difference of
+    the patches' mean luminance, 0-255; mean |log2| ratio of their gradient energies; number of patch pairs). With
+    `control=True` the same is measured on lines through the cells' centres, where no tile border lies: a tiled image
+    whose tiles do not show gives about the same numbers on both."""
+    if gap_px is None or patch_px is None:
+        gap_px, patch_px = lattice_spacing(tiles)
+    keep = ndimage.binary_erosion(mask, iterations=2)
+    if exclude is not None:
+        keep &= ~exclude
+    luma = edited.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    energy = gradient_energy(edited)
+    d_luma, d_tex = [], []
+    for axis, line, room, start, stop in _cell_borders(tiles, mask.shape, control):
+        p = int(min(patch_px, room - gap_px))
+        if p < 4:
+            continue
+        a0, b0 = round(line - gap_px - p), round(line + gap_px)
+        for s in range(start, stop - patch_px + 1, patch_px):
+            along, side_a, side_b = slice(s, s + patch_px), slice(a0, a0 + p), slice(b0, b0 + p)
+            pa, pb = ((along, side_a), (along, side_b)) if axis == "x" else ((side_a, along), (side_b, along))
+            if a0 < 0 or b0 + p > (mask.shape[1] if axis == "x" else mask.shape[0]):
+                continue
+            ka, kb = keep[pa], keep[pb]
+            if ka.sum() < max(4, ka.size // 4) or kb.sum() < max(4, kb.size // 4):
+                continue
+            d_luma.append(abs(float(luma[pa][ka].mean() - luma[pb][kb].mean())))
+            ea, eb = float(energy[pa][ka].mean()), float(energy[pb][kb].mean())
+            d_tex.append(abs(math.log2(max(ea, 1e-8) / max(eb, 1e-8))))
+    if not d_luma:
+        return math.nan, math.nan, 0
+    return float(np.mean(d_luma)), float(np.mean(d_tex)), len(d_luma)
+
+
+def specks_per_tile(edited: np.ndarray, mask: np.ndarray, tiles, colour: int, min_px: int = 3,
+                    chroma_min: float = 0.4) -> tuple[int, int, int]:
+    """Objects and specks of palette colour `colour` repeated per tile: (blobs of that colour inside the mask with
+    at least `min_px` pixels, tile cells holding at least one blob centroid, tile cells that hold mask pixels).
+    A grid whose every tile paints its own object scores about as many blobs and busy cells as masked cells."""
+    member = (colour_classes(edited, chroma_min) == colour) & mask
+    labels, n = ndimage.label(member, structure=_EIGHT)
+    if n:
+        areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+        big = np.flatnonzero(areas >= min_px) + 1
+        centres = ndimage.center_of_mass(member, labels, big) if len(big) else []
+    else:
+        centres = []
+    cells = tile_cells(tiles, mask.shape)
+    busy = {int(cells[min(int(r), mask.shape[0] - 1), min(int(c), mask.shape[1] - 1)]) for r, c in centres}
+    return len(centres), len(busy), len(np.unique(cells[mask]))
+
+
 def psnr_outside(edited: np.ndarray, source: np.ndarray, mask: np.ndarray, rows_per_chunk: int = 512) -> float:
     """PSNR (dB, peak 255) over pixels where mask is False; inf if identical there."""
     total, count = 0.0, 0
@@ -251,9 +369,12 @@ def _largest(classes: np.ndarray, colour: int, region: np.ndarray, min_area: flo
 
 
 def analyse_edit(
-    edited: np.ndarray, mask: np.ndarray, source: np.ndarray, task: EditTask, config: AnalyserConfig = AnalyserConfig()
+    edited: np.ndarray, mask: np.ndarray, source: np.ndarray, task: EditTask, config: AnalyserConfig = AnalyserConfig(),
+    tiles=None,
 ) -> EditReport:
-    """All measures of one edit. edited/source uint8 [H, W, 3] at any size, mask bool [H, W] (True = edit)."""
+    """All measures of one edit. edited/source uint8 [H, W, 3] at any size, mask bool [H, W] (True = edit).
+
+    tiles: the grid stage's (top, left, bottom, right) tiles in image pixels, for the tile measures."""
     # 1. Sizes: pixel scale of this render, expected object area, a crop holding the mask and its surroundings.
     _check_inputs(edited, mask, source)
     height, width = mask.shape
@@ -282,6 +403,7 @@ def analyse_edit(
     votes = np.bincount(classes_ed[new].astype(np.int64), minlength=len(COLOURS))
     dominant = COLOURS[int(votes.argmax())] if votes.any() else None
     halo_colour, halo_texture = halo(ed, src, m, max(2.0, config.halo_ring_frac * short), classes_ed == colour)
+    tile = _tile_measures(ed, m, tiles, (top, left), classes_ed == colour, colour, config, short) if tiles else {}
 
     return EditReport(
         count=len(found),
@@ -298,4 +420,17 @@ def analyse_edit(
         psnr_outside=psnr_outside(edited, source, mask),
         halo_colour=halo_colour,
         halo_texture=halo_texture,
+        **tile,
     )
+
+
+def _tile_measures(edited: np.ndarray, mask: np.ndarray, tiles, offset: tuple[int, int], exclude: np.ndarray,
+                   colour: int, config: AnalyserConfig, short: int) -> dict:
+    """The tile fields of EditReport on a crop whose top-left corner is `offset` in image pixels."""
+    shifted = [(t[0] - offset[0], t[1] - offset[1], t[2] - offset[0], t[3] - offset[1]) for t in tiles]
+    step, tex, _ = tile_steps(edited, mask, shifted, exclude)
+    step_c, tex_c, _ = tile_steps(edited, mask, shifted, exclude, control=True)
+    min_px = max(3, round(config.speck_px_per_mp * short**2 / 2**20))
+    blobs, busy, cells = specks_per_tile(edited, mask, shifted, colour, min_px, config.chroma_min)
+    return {"tile_step": step, "tile_texture_step": tex, "tile_step_ctrl": step_c, "tile_texture_ctrl": tex_c,
+            "blobs": blobs, "blob_cells": busy, "mask_cells": cells}

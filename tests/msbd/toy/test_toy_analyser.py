@@ -191,3 +191,77 @@ def test_halo_scores_a_flat_lighter_ring_and_not_an_invisible_edit():
     assert abs(colour - 60 * np.sqrt(3)) < 4 and texture < 0.05
     obj = (yy - 64) ** 2 + (xx - 64) ** 2 < 30 ** 2        # excluding the object leaves the ring's measure alone
     assert halo(edited, source, mask, 6, exclude=obj) == (colour, texture)
+
+
+def _tiled_canvas(seed: int = 0):
+    """A 256 px textured grey canvas, a mask over most of it and the grid tiles of the pipeline's lattice."""
+    from msbd.stitch import grid_tiles
+    rng = np.random.default_rng(seed)
+    base = 110 + ndimage.gaussian_filter(rng.normal(0, 25, (256, 256)), 1.0)
+    yy, xx = np.mgrid[:256, :256]
+    mask = (np.abs(yy - 128) < 120) & (np.abs(xx - 128) < 120)
+    tiles = [tuple(b) for b in grid_tiles(256, 256, 96, 32, min_tile=64)]
+    return base, mask, tiles
+
+
+def _rgb(grey: np.ndarray) -> np.ndarray:
+    return np.repeat(np.clip(grey, 0, 255)[..., None], 3, axis=-1).astype(np.uint8)
+
+
+def test_tile_steps_see_tiles_of_their_own_brightness_and_texture():
+    from msbd.toy.analyser import tile_cells, tile_steps
+    base, mask, tiles = _tiled_canvas()
+    step, tex, pairs = tile_steps(_rgb(base), mask, tiles)              # one texture throughout: no grid
+    step_c, tex_c, _ = tile_steps(_rgb(base), mask, tiles, control=True)
+    assert pairs >= 12 and step < 3 and step_c < 3 and tex < 0.4 and tex_c < 0.4
+    cells = tile_cells(tiles, mask.shape)
+    offsets = np.random.default_rng(1).choice([-20.0, 20.0], size=cells.max() + 1)
+    step, _, _ = tile_steps(_rgb(base + offsets[cells]), mask, tiles)     # every tile its own brightness
+    step_c, _, _ = tile_steps(_rgb(base + offsets[cells]), mask, tiles, control=True)
+    assert step > 12 and step_c < 3
+    flat = cells % 2 == 0                                                 # every other tile smooth
+    smooth = np.where(flat, ndimage.gaussian_filter(base, 4), base)
+    _, tex, _ = tile_steps(_rgb(smooth), mask, tiles)
+    _, tex_c, _ = tile_steps(_rgb(smooth), mask, tiles, control=True)
+    assert tex > 2 and tex_c < 1.0                                       # smooth vs textured: log2 of ~13x
+    assert tile_steps(_rgb(base), np.zeros_like(mask), tiles)[2] == 0     # nothing masked: nothing measured
+
+
+def test_specks_per_tile_counts_blobs_and_the_cells_they_sit_in():
+    from msbd.toy.analyser import specks_per_tile, tile_cells
+    base, mask, tiles = _tiled_canvas()
+    red = COLOURS.index("red")
+    image = _rgb(base)
+    cells = tile_cells(tiles, mask.shape)
+    assert specks_per_tile(image, mask, tiles, red) == (0, 0, len(np.unique(cells[mask])))
+    image[100:160, 100:160] = PALETTE["red"]                              # one object across several tiles
+    blobs, busy, n_cells = specks_per_tile(image, mask, tiles, red)
+    assert (blobs, busy) == (1, 1) and n_cells == len(np.unique(cells[mask])) == 16
+    dots = [(30, 30), (30, 200), (200, 30), (220, 220)]                   # a speck in four other tiles
+    for r, c in dots:
+        image[r:r + 3, c:c + 3] = PALETTE["red"]
+    image[60:62, 220:221] = PALETTE["red"]                                # 2 px: under the speck size
+    image[5:8, 245:250] = PALETTE["red"]                                  # outside the mask
+    blobs, busy, _ = specks_per_tile(image, mask, tiles, red, min_px=3)
+    assert blobs == 5 and busy == 1 + len({cells[r, c] for r, c in dots})
+    image[200:203, 60:63] = PALETTE["blue"]                               # another colour does not count
+    assert specks_per_tile(image, mask, tiles, red, min_px=3)[0] == 5
+
+
+def test_analyse_edit_reports_tile_measures_only_with_tiles():
+    task = random_edit_task(5)
+    source, mask = render(task.source, 256), render_mask(task, 256)
+    edited = np.asarray(render(task.target, 256))
+    plain = analyse_edit(edited, mask, np.asarray(source), task)
+    assert math.isnan(plain.tile_step) and plain.blobs == -1
+    from msbd.stitch import grid_tiles
+    tiles = [tuple(b) for b in grid_tiles(256, 256, 96, 32, min_tile=64)]
+    report = analyse_edit(edited, mask, np.asarray(source), task, tiles=tiles)
+    assert report.blobs == report.count == 1 and report.blob_cells == 1 and report.mask_cells >= 1
+    assert math.isfinite(report.tile_step) and math.isfinite(report.tile_step_ctrl)
+    from msbd.toy.analyser import tile_cells  # the same edit with a tile grid on top
+    offsets = np.random.default_rng(2).choice([-25, 25], size=len(tiles))[tile_cells(tiles, mask.shape)]
+    gridded = np.where(mask[..., None], np.clip(edited + offsets[..., None], 0, 255), edited).astype(np.uint8)
+    worse = analyse_edit(gridded, mask, np.asarray(source), task, tiles=tiles)
+    assert worse.tile_step > report.tile_step + 10
+    assert abs(worse.tile_step_ctrl - report.tile_step_ctrl) < 3
