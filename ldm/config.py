@@ -2,8 +2,11 @@
 
 `LDMConfig` bundles the UNet, VAE and text-encoder configs with what the CompVis `LatentDiffusion` config adds
 around them (`scale_factor`, the scaled-linear beta schedule, the parameterisation, the native image size),
-ALGORITHM.md sections 1 and 15. Named presets live in `PRESETS`: "sd-v1" (Stable Diffusion v1.x) and
-"tiny-test" (a few hundred thousand parameters, for tests). Other packages add theirs with `register_preset`.
+ALGORITHM.md sections 1 and 15. Named presets live in `PRESETS`: "sd-v1" (Stable Diffusion v1.x), "sd-v2"
+(SD 2.x 512-base, eps), "sd-v2-768" (SD 2.x 768-v, v-prediction), their inpainting variants "sd-v1-inpainting" and
+"sd-v2-inpainting" (UNet with 9 input channels: noisy latent, mask, masked-image latent) and "tiny-test" (a few
+hundred thousand parameters, for tests). Other packages add theirs with `register_preset`. `with_inpainting`
+switches a config's UNet between the plain and the inpainting input.
 `to_dict` / `from_dict` give the JSON form written next to exported weights.
 """
 from __future__ import annotations
@@ -17,7 +20,7 @@ from ldm.models.autoencoder import SD_LATENT_SCALE, AutoencoderConfig
 from ldm.models.clip_text import CLIPTextConfig
 from ldm.models.unet import UNetConfig
 
-PREDICTION_TYPES = ("eps",)  # the only parameterisation the sampler implements (SD v1 is eps-prediction)
+PREDICTION_TYPES = ("eps", "v")  # what the UNet predicts: eps (SD 1.x, SD 2.x 512-base) or v (SD 2.x 768-v)
 
 
 @dataclass(frozen=True)
@@ -48,15 +51,22 @@ class LDMConfig:
 
     def _check_consistency(self) -> None:
         """The three networks must fit together: latent channels, context width, image size."""
-        if self.unet.in_channels != self.vae.embed_dim or self.unet.out_channels != self.vae.embed_dim:
+        c = self.vae.embed_dim
+        if self.unet.in_channels not in (c, inpainting_channels(c)) or self.unet.out_channels != c:
             raise ValueError(f"LDMConfig: UNet in/out channels ({self.unet.in_channels}/{self.unet.out_channels}) "
-                             f"must equal the VAE latent channels (embed_dim={self.vae.embed_dim})")
+                             f"must be the VAE latent channels (embed_dim={c}), or in = {inpainting_channels(c)} "
+                             "for an inpainting UNet (latent, mask, masked-image latent)")
         if self.unet.context_dim != self.text.hidden_size:
             raise ValueError(f"LDMConfig: UNet context_dim {self.unet.context_dim} must equal the text encoder "
                              f"hidden_size {self.text.hidden_size}")
         if self.image_size <= 0 or self.image_size % self.vae.downsample_factor:
             raise ValueError(f"LDMConfig: image_size must be a positive multiple of the VAE factor "
                              f"{self.vae.downsample_factor}, got {self.image_size}")
+
+    @property
+    def inpainting(self) -> bool:
+        """True for an inpainting UNet (input: noisy latent, mask, masked-image latent)."""
+        return self.unet.in_channels == inpainting_channels(self.vae.embed_dim)
 
     @property
     def latent_size(self) -> int:
@@ -87,6 +97,20 @@ class LDMConfig:
         return cls(**kwargs)
 
 
+def inpainting_channels(latent_channels: int) -> int:
+    """UNet input channels of an inpainting model: latent + 1 mask channel + masked-image latent (9 for SD)."""
+    return 2 * latent_channels + 1
+
+
+def with_inpainting(config: LDMConfig, inpainting: bool) -> LDMConfig:
+    """The same config with a plain (4-channel) or an inpainting (9-channel) UNet input."""
+    c = config.vae.embed_dim
+    in_channels = inpainting_channels(c) if inpainting else c
+    if config.unet.in_channels == in_channels:
+        return config
+    return dataclasses.replace(config, unet=dataclasses.replace(config.unet, in_channels=in_channels))
+
+
 def _plain(x: Any) -> Any:
     if isinstance(x, dict):
         return {k: _plain(v) for k, v in x.items()}
@@ -104,6 +128,16 @@ def _check_keys(where: str, d: dict[str, Any], cls: type) -> None:
 
 SD_V1 = LDMConfig()
 
+# Stable Diffusion 2.x (Stability's v2-inference.yaml / v2-inference-v.yaml): the same VAE and schedule, a UNet with
+# 64-channel heads, Linear proj_in/proj_out and context 1024, conditioned on the penultimate layer (then ln_final)
+# of OpenCLIP ViT-H/14's text tower, whose tokenizer pads with 0.
+SD_V2 = LDMConfig(
+    unet=UNetConfig(num_heads=-1, num_head_channels=64, context_dim=1024, use_linear_in_transformer=True),
+    text=CLIPTextConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                        hidden_act="gelu", layout="open_clip", skip_last_layers=1, pad_token_id=0),
+)
+SD_V2_768 = dataclasses.replace(SD_V2, prediction_type="v", image_size=768)   # 768-v-ema: v-prediction at 768 px
+
 # A complete LDM small enough for unit tests (about 2M parameters, most of them the 49408-token embedding).
 TINY_TEST = LDMConfig(
     unet=UNetConfig(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(1, 2),
@@ -113,7 +147,11 @@ TINY_TEST = LDMConfig(
     image_size=32,
 )
 
-PRESETS: dict[str, LDMConfig] = {"sd-v1": SD_V1, "tiny-test": TINY_TEST}
+PRESETS: dict[str, LDMConfig] = {
+    "sd-v1": SD_V1, "sd-v1-inpainting": with_inpainting(SD_V1, True),          # sd-v1-5-inpainting
+    "sd-v2": SD_V2, "sd-v2-768": SD_V2_768, "sd-v2-inpainting": with_inpainting(SD_V2, True),  # 512-inpainting-ema
+    "tiny-test": TINY_TEST,
+}
 
 
 def register_preset(name: str, config: LDMConfig) -> None:

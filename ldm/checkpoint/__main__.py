@@ -1,8 +1,8 @@
 """Command line: does this weights file fit, and what does a config expect?
 
     python -m ldm.checkpoint inspect FILE [--config sd-v1] [--ema]
-        format, model family, keys / parameters / dtypes per component, schedule check, and the missing,
-        unexpected or mis-shaped keys against the config.
+        format, model family (SD 1.x / 2.x / SDXL, inpainting) and what to pass for it, keys / parameters / dtypes
+        per component, schedule check, and the missing, unexpected or mis-shaped keys against the config.
     python -m ldm.checkpoint keys CONFIG
         JSON {"model.diffusion_model.input_blocks.0.0.weight": [320, 4, 3, 3], ...}: every CompVis name and shape
         the config expects (built on the meta device: instant, no memory).
@@ -19,8 +19,10 @@ from pathlib import Path
 
 import torch
 
-from ldm.checkpoint.components import COMPONENTS, PREFIXES, expected_keys, has_ema, partition
-from ldm.checkpoint.diagnose import check_schedule, describe_mismatches, guess_family, likely_causes
+from ldm.checkpoint.components import COMPONENTS, expected_keys, has_ema, partition, prefixes
+from ldm.checkpoint.diagnose import (
+    SUGGEST, check_schedule, describe_mismatches, file_family, guess_family, likely_causes, unet_in_channels,
+)
 from ldm.checkpoint.errors import CheckpointError
 from ldm.checkpoint.formats import read_state_dict
 from ldm.checkpoint.load import check_exists, resolve_config
@@ -48,13 +50,14 @@ def inspect(path: str, config: LDMConfig, name: str, use_ema: bool) -> list[str]
     state_dict, fmt = read_state_dict(file, config)
     part = partition(state_dict, config, use_ema and has_ema(state_dict))
     lines = [f"file:      {file.resolve()} ({_size(file):.2f} GB)", f"format:    {fmt}",
-             f"family:    {guess_family(state_dict)}", "",
+             f"family:    {guess_family(state_dict)}", *_family_notes(state_dict), "",
              f"{'component':<10} {'prefix':<31} {'keys':>6} {'parameters':>13}  dtypes"]
+    pre = prefixes(config)
     for c in COMPONENTS:
         tensors = list(part.components[c].values())
-        lines.append(f"{c:<10} {PREFIXES[c]:<31} {len(tensors):>6} {sum(t.numel() for t in tensors):>13,}  "
+        lines.append(f"{c:<10} {pre[c]:<31} {len(tensors):>6} {sum(t.numel() for t in tensors):>13,}  "
                      f"{_dtypes(tensors)}")
-    lines.append(f"{'ignored':<10} {'(schedule, EMA, position_ids)':<31} {len(part.ignored):>6}")
+    lines.append(f"{'ignored':<10} {'(schedule, EMA, unused text keys)':<31} {len(part.ignored):>6}")
     lines.append(f"{'other':<10} {'(fits no component)':<31} {len(part.unexpected):>6}")
     lines += ["", _schedule_line(state_dict, config, name)]
     problems = describe_mismatches(state_dict, config, COMPONENTS, use_ema and has_ema(state_dict))
@@ -65,6 +68,20 @@ def inspect(path: str, config: LDMConfig, name: str, use_ema: bool) -> list[str]
         lines += [f"  {p}" for p in problems]
         lines += [f"  likely {c}" for c in likely_causes(state_dict, config, use_ema)]
     return lines
+
+
+def _family_notes(state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """What to pass for the family found (SD 2.x: the weights do not tell eps from v-prediction)."""
+    found = file_family(state_dict)
+    if found is None:
+        return []
+    notes = [f"pass:      {SUGGEST[found]}"]
+    if found == "SD 2.x":
+        notes.append("           (512-base and 768-v weights have the same shapes; the parameterisation is not stored)")
+    if unet_in_channels(state_dict) == 9:
+        notes.append("           the inpainting UNet is read from the file (config 'sd-v1-inpainting' / "
+                     "'sd-v2-inpainting' for --config)")
+    return notes
 
 
 def _schedule_line(state_dict: dict[str, torch.Tensor], config: LDMConfig, name: str) -> str:
@@ -85,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     p_inspect.add_argument("--config", default="sd-v1", help="preset to compare with (default: sd-v1)")
     p_inspect.add_argument("--ema", action="store_true", help="compare the model_ema.* UNet copies instead")
     p_keys = sub.add_parser("keys", help="print as JSON every CompVis name and shape a config expects")
-    p_keys.add_argument("config", help="preset name, e.g. sd-v1")
+    p_keys.add_argument("config", help="preset name: sd-v1, sd-v1-inpainting, sd-v2, sd-v2-768, sd-v2-inpainting, ...")
     args = parser.parse_args(argv)   # subparsers inherit _Parser, so their errors are one line too
     try:
         config, name = resolve_config(args.config)

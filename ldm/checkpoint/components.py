@@ -1,7 +1,8 @@
 """Which checkpoint keys belong to which network, and what a config expects of them.
 
 A CompVis SD checkpoint is one flat dict: the UNet under `model.diffusion_model.`, the VAE under
-`first_stage_model.`, the text encoder under `cond_stage_model.transformer.` (ALGORITHM.md section 15), plus
+`first_stage_model.`, the text encoder under `cond_stage_model.transformer.` (ALGORITHM.md section 15; SD 2.x:
+the OpenCLIP tower under `cond_stage_model.model.`, see `prefixes`), plus
 schedule buffers (`betas`, `alphas_cumprod`, ...) that we recompute, and in full-EMA files `model_ema.*`: copies
 of the UNet weights whose names lost their dots (`model_ema.diffusion_modelinput_blocks00weight`, as CompVis
 `LitEma` registers them) and the `model_ema.decay` / `model_ema.num_updates` counters. This module splits such
@@ -22,15 +23,21 @@ from ldm.config import LDMConfig
 from ldm.models.autoencoder import AutoencoderKL
 from ldm.models.clip_text import IGNORED_KEYS as TEXT_IGNORED_KEYS
 from ldm.models.clip_text import CLIPTextEncoder
+from ldm.models.open_clip_text import OpenCLIPTextEncoder
+from ldm.models.open_clip_text import ignored_keys as open_clip_ignored_keys
 from ldm.models.unet import UNetModel
 
 COMPONENTS = ("unet", "vae", "text")
-PREFIXES = {                                   # the CompVis prefixes, defined here once
+PREFIXES = {                                   # the CompVis prefixes of SD 1.x, defined here once
     "unet": "model.diffusion_model.",
     "vae": "first_stage_model.",
     "text": "cond_stage_model.transformer.",
 }
-IGNORED_KEYS = {"unet": (), "vae": (), "text": TEXT_IGNORED_KEYS}  # per component, without the prefix
+TEXT_PREFIXES = {                              # per CLIPTextConfig.layout
+    "transformers": PREFIXES["text"],          # SD 1.x FrozenCLIPEmbedder (an HF CLIPTextModel)
+    "open_clip": "cond_stage_model.model.",    # SD 2.x FrozenOpenCLIPEmbedder (an open_clip CLIP without .visual)
+}
+IGNORED_KEYS = {"unet": (), "vae": (), "text": TEXT_IGNORED_KEYS}  # SD 1.x, per component, without the prefix
 EMA_PREFIX = "model_ema."
 EMA_COUNTERS = ("model_ema.decay", "model_ema.num_updates")
 _EMA_MODEL_PREFIX = "diffusion_model."        # LitEma names are relative to LatentDiffusion.model
@@ -44,6 +51,30 @@ SCHEDULE_KEYS = (                              # LatentDiffusion buffers recompu
 _OLD_TEXT_ROOTS = ("embeddings.", "encoder.", "final_layer_norm.")
 
 
+def prefixes(config: LDMConfig) -> dict[str, str]:
+    """The checkpoint prefix of each network under this config (the text encoder's depends on its layout)."""
+    return {**PREFIXES, "text": TEXT_PREFIXES[config.text.layout]}
+
+
+def ignored_keys(config: LDMConfig, component: str) -> tuple[str, ...]:
+    """Names (without prefix) a checkpoint may store for this network that we knowingly do not load."""
+    if component != "text":
+        return IGNORED_KEYS[component]
+    text = config.text
+    if text.layout == "open_clip":
+        return open_clip_ignored_keys(text)
+    skipped = tuple(k for k in _skipped_text_layers(text))
+    return (*IGNORED_KEYS["text"], *skipped)
+
+
+def _skipped_text_layers(text) -> list[str]:
+    """HF-layout names of the text blocks a config stores but does not run (skip_last_layers)."""
+    leaves = [f"{m}.{p}" for m in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
+                                   "layer_norm1", "layer_norm2", "mlp.fc1", "mlp.fc2") for p in ("weight", "bias")]
+    return [f"text_model.encoder.layers.{i}.{leaf}" for i in range(text.layers_run, text.num_hidden_layers)
+            for leaf in leaves]
+
+
 def build_model(component: str, config: LDMConfig) -> nn.Module:
     """Construct one network (random init, on the current default device) from the config."""
     if component == "unet":
@@ -51,6 +82,8 @@ def build_model(component: str, config: LDMConfig) -> nn.Module:
     if component == "vae":
         return AutoencoderKL(config.vae)
     if component == "text":
+        if config.text.layout == "open_clip":
+            return OpenCLIPTextEncoder(config.text)
         return CLIPTextEncoder(config.text)
     raise ValueError(f"unknown component {component!r}; expected one of {COMPONENTS}")
 
@@ -87,7 +120,8 @@ def _expected_shapes(config: LDMConfig, component: str) -> tuple[tuple[str, tupl
 
 def expected_keys(config: LDMConfig, components: tuple[str, ...] = COMPONENTS) -> dict[str, list[int]]:
     """Every CompVis-layout name (with prefix) a config expects, with its shape as a list."""
-    return {PREFIXES[c] + k: list(s) for c in components for k, s in expected_shapes(config, c).items()}
+    pre = prefixes(config)
+    return {pre[c] + k: list(s) for c in components for k, s in expected_shapes(config, c).items()}
 
 
 def _ema_names(config: LDMConfig) -> dict[str, str]:
@@ -122,11 +156,13 @@ def partition(state_dict: dict[str, torch.Tensor], config: LDMConfig, use_ema: b
                               "stores the EMA weights under model.diffusion_model.: load it with use_ema=False)")
     part = Partition(components={c: {} for c in COMPONENTS})
     ema_names = _ema_names(config) if use_ema else {}
+    pre = prefixes(config)
+    ignored = {c: set(ignored_keys(config, c)) for c in COMPONENTS}
     for key, value in state_dict.items():
-        component, name = _component_of(key)
+        component, name = _component_of(key, pre)
         if component == "unet" and use_ema:
             part.ignored.append(key)                        # the non-EMA weights, replaced below
-        elif component is not None and name in IGNORED_KEYS[component]:
+        elif component is not None and name in ignored[component]:
             part.ignored.append(key)
         elif component is not None:
             part.components[component][name] = value
@@ -139,12 +175,12 @@ def partition(state_dict: dict[str, torch.Tensor], config: LDMConfig, use_ema: b
     return part
 
 
-def _component_of(key: str) -> tuple[str | None, str]:
-    """(component, name without prefix) of a checkpoint key, or (None, key)."""
-    for component, prefix in PREFIXES.items():
+def _component_of(key: str, pre: dict[str, str]) -> tuple[str | None, str]:
+    """(component, name without prefix) of a checkpoint key under the prefixes `pre`, or (None, key)."""
+    for component, prefix in pre.items():
         if key.startswith(prefix):
             name = key[len(prefix):]
-            if component == "text" and name.startswith(_OLD_TEXT_ROOTS):
+            if component == "text" and prefix == PREFIXES["text"] and name.startswith(_OLD_TEXT_ROOTS):
                 name = "text_model." + name
             return component, name
     return None, key

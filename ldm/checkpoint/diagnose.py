@@ -1,25 +1,40 @@
 """Checks of a checkpoint against a config: strict key report with likely causes, schedule buffers, family guess.
 
-Mismatches most often come from a file of another model family: SD 2.x (OpenCLIP text encoder under
-`cond_stage_model.model.`, cross-attention context 1024), an inpainting UNet (9 input channels: latent, mask,
-masked-image latent), or a full-EMA training file whose UNet is stored only as `model_ema.*` copies. The error
-message names the first few offending keys and the cause it recognises, on one line.
+Mismatches most often come from a file of another model family: SD 1.x (CLIP ViT-L/14 under
+`cond_stage_model.transformer.`, context 768) against SD 2.x (OpenCLIP text tower under `cond_stage_model.model.`,
+context 1024) and the reverse, SDXL (`conditioner.embedders.*`, context 2048), an inpainting UNet (9 input channels:
+latent, mask, masked-image latent) where a plain one is asked for or the reverse, or a full-EMA training file whose
+UNet is stored only as `model_ema.*` copies. `check_family` and `resolve_inpainting` turn the first kinds into one
+line naming what was found and what to pass; `check_keys` names the first few offending keys and the cause.
 """
 from __future__ import annotations
 
 import torch
 
 from ldm.checkpoint.components import (
-    COMPONENTS, PREFIXES, KeyReport, compare_keys, expected_shapes, has_ema, partition,
+    COMPONENTS, EMA_PREFIX, PREFIXES, TEXT_PREFIXES, KeyReport, compare_keys, expected_shapes, has_ema, partition,
+    prefixes,
 )
 from ldm.checkpoint.errors import CheckpointError
-from ldm.config import LDMConfig
+from ldm.config import LDMConfig, inpainting_channels, with_inpainting
 from ldm.sampling.schedule import alphas_cumprod, scaled_linear_betas
 
 SHOW = 3                                       # names listed per kind of mismatch
 _UNET_IN = PREFIXES["unet"] + "input_blocks.0.0.weight"
-_TEXT_EMB = PREFIXES["text"] + "text_model.embeddings.token_embedding.weight"
-_OPENCLIP_PREFIX = "cond_stage_model.model."   # SD 2.x FrozenOpenCLIPEmbedder
+_UNET_IN_EMA = EMA_PREFIX + "diffusion_modelinput_blocks00weight"
+_OPENCLIP_PREFIX = TEXT_PREFIXES["open_clip"]  # SD 2.x FrozenOpenCLIPEmbedder
+_TEXT_EMB = (PREFIXES["text"] + "text_model.embeddings.token_embedding.weight",
+             PREFIXES["text"] + "embeddings.token_embedding.weight",            # transformers < 4.17
+             _OPENCLIP_PREFIX + "token_embedding.weight")
+_SDXL_PREFIXES = ("conditioner.embedders.", PREFIXES["unet"] + "label_emb.")   # SDXL's GeneralConditioner, ADM labels
+_CONTEXT_FAMILY = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL", 1280: "SDXL refiner"}
+# What to pass for a file of each family (model config = ldm preset of the same name).
+SUGGEST = {
+    "SD 1.x": "config 'sd-v1' (model=sd-v1)",
+    "SD 2.x": "config 'sd-v2' (model=sd-v2; 512-base, eps) or 'sd-v2-768' (model=sd-v2-768; 768-v, v-prediction)",
+    "SDXL": "an SD 1.x or 2.x checkpoint: SDXL is not supported",
+    "SDXL refiner": "an SD 1.x or 2.x checkpoint: the SDXL refiner is not supported",
+}
 
 
 def _first(names: list[str], prefix: str = "") -> str:
@@ -35,28 +50,102 @@ def _context_dim(state_dict: dict[str, torch.Tensor]) -> int | None:
     return None
 
 
+def _text_width(state_dict: dict[str, torch.Tensor]) -> int | None:
+    emb = next((state_dict[k] for k in _TEXT_EMB if k in state_dict), None)
+    return int(emb.shape[1]) if emb is not None and emb.ndim == 2 else None
+
+
+def unet_in_channels(state_dict: dict[str, torch.Tensor]) -> int | None:
+    """Input channels of the file's UNet (conv_in = input_blocks.0.0), live or EMA copy; None without a UNet."""
+    weight = state_dict.get(_UNET_IN, state_dict.get(_UNET_IN_EMA))
+    return int(weight.shape[1]) if weight is not None and weight.ndim == 4 else None
+
+
+def file_family(state_dict: dict[str, torch.Tensor]) -> str | None:
+    """"SD 1.x", "SD 2.x", "SDXL", "SDXL refiner" from keys and widths, or None (not an SD layout)."""
+    ctx = _context_dim(state_dict)
+    if any(k.startswith(_SDXL_PREFIXES) for k in state_dict):
+        return "SDXL refiner" if ctx == 1280 else "SDXL"
+    if ctx in _CONTEXT_FAMILY:
+        return _CONTEXT_FAMILY[ctx]
+    if any(k.startswith(_OPENCLIP_PREFIX) for k in state_dict):
+        return "SD 2.x"
+    if ctx is not None:
+        return None
+    width = _text_width(state_dict)
+    return {768: "SD 1.x", 1024: "SD 2.x"}.get(width) if width else None
+
+
+def config_family(config: LDMConfig) -> str | None:
+    """"SD 1.x" / "SD 2.x" for configs of those families, None for others (toy, tiny-test)."""
+    if config.text.layout == "open_clip" and config.unet.context_dim == 1024 == config.text.hidden_size:
+        return "SD 2.x"
+    if config.text.layout == "transformers" and config.unet.context_dim == 768 == config.text.hidden_size:
+        return "SD 1.x"
+    return None
+
+
+def _kind(inpainting: bool) -> str:
+    return "an inpainting UNet (9 input channels: latent, mask, masked-image latent)" if inpainting else \
+        "a plain UNet (4 input channels)"
+
+
+def check_family(state_dict: dict[str, torch.Tensor], config: LDMConfig, source: str = "checkpoint",
+                 config_name: str = "the config") -> None:
+    """One-line CheckpointError when the file is of another SD family than the config (SD 1.x, 2.x, SDXL)."""
+    found, wanted = file_family(state_dict), config_family(config)
+    if found is None or found == wanted or (wanted is None and not found.startswith("SDXL")):
+        return
+    in_ch = unet_in_channels(state_dict)
+    what = found + (" inpainting" if in_ch == inpainting_channels(config.vae.embed_dim) else "")
+    is_what = f"is {wanted}" if wanted else "is not an SD config"
+    raise CheckpointError(f"{source} holds an {what} model but {config_name} {is_what}: pass {SUGGEST[found]}")
+
+
+def resolve_inpainting(state_dict: dict[str, torch.Tensor], config: LDMConfig, inpainting: bool | None,
+                       source: str = "checkpoint") -> LDMConfig:
+    """The config with the UNet input of the file (plain or inpainting), or the one `inpainting` demands.
+
+    inpainting=None follows the file's conv_in; True/False must agree with it (one-line CheckpointError naming
+    what was found and what to pass). A file whose conv_in fits neither is left to the key check."""
+    c = config.vae.embed_dim
+    in_ch = unet_in_channels(state_dict)
+    if in_ch not in (c, inpainting_channels(c)):
+        return config if inpainting is None else with_inpainting(config, inpainting)
+    found = in_ch == inpainting_channels(c)
+    if inpainting is not None and inpainting != found:
+        family = file_family(state_dict) or "latent diffusion"
+        raise CheckpointError(
+            f"{source} holds {_kind(found)} ({family}) where {_kind(inpainting).split(' (')[0]} was asked for "
+            f"(inpainting={inpainting}): give {'an inpainting' if inpainting else 'a plain'} {family} checkpoint, "
+            f"or leave inpainting unset (model.inpainting=null) to follow the file")
+    return with_inpainting(config, found)
+
+
 def likely_causes(state_dict: dict[str, torch.Tensor], config: LDMConfig, use_ema: bool = False) -> list[str]:
     """Human-readable reasons why a CompVis-layout dict would not fit `config`."""
     causes = []
     ctx = _context_dim(state_dict)
-    text_emb = state_dict.get(_TEXT_EMB)
-    if any(k.startswith(_OPENCLIP_PREFIX) for k in state_dict) or (ctx == 1024 and config.unet.context_dim != 1024):
-        causes.append("an SD 2.x file (OpenCLIP text encoder, context_dim 1024) given to an SD 1.x config")
+    found, wanted = file_family(state_dict), config_family(config)
+    if found is not None and found != wanted:
+        causes.append(f"an {found} file given to {'an ' + wanted if wanted else 'a non-SD'} config "
+                      f"(pass {SUGGEST[found]})")
     elif ctx is not None and ctx != config.unet.context_dim:
         causes.append(f"a UNet with context_dim {ctx} (config: {config.unet.context_dim})")
-    if text_emb is not None and text_emb.ndim == 2 and text_emb.shape[1] != config.text.hidden_size:
-        causes.append(f"a text encoder of width {text_emb.shape[1]} (config: {config.text.hidden_size})")
-    unet_in = state_dict.get(_UNET_IN)
-    if unet_in is not None and unet_in.ndim == 4 and unet_in.shape[1] != config.unet.in_channels:
-        kind = "an inpainting UNet" if unet_in.shape[1] == 9 else "a UNet"
-        causes.append(f"{kind} with {unet_in.shape[1]} input channels (config: {config.unet.in_channels})")
+    width = _text_width(state_dict)
+    if width is not None and width != config.text.hidden_size:
+        causes.append(f"a text encoder of width {width} (config: {config.text.hidden_size})")
+    in_ch = unet_in_channels(state_dict)
+    if in_ch is not None and in_ch != config.unet.in_channels:
+        kind = "an inpainting UNet" if in_ch == inpainting_channels(config.vae.embed_dim) else "a UNet"
+        causes.append(f"{kind} with {in_ch} input channels (config: {config.unet.in_channels})")
     if not use_ema and has_ema(state_dict) and not any(k.startswith(PREFIXES["unet"]) for k in state_dict):
         causes.append("an EMA-only file: the UNet is stored only as model_ema.* copies, pass use_ema=True")
     return causes
 
 
-def _describe(component: str, report: KeyReport) -> str:
-    prefix, parts = PREFIXES[component], []
+def _describe(component: str, report: KeyReport, prefix: str) -> str:
+    parts = []
     if report.missing:
         parts.append(f"{len(report.missing)} missing {_first(report.missing, prefix)}")
     if report.unexpected:
@@ -80,12 +169,13 @@ def describe_mismatches(state_dict: dict[str, torch.Tensor], config: LDMConfig,
                         components: tuple[str, ...] = COMPONENTS, use_ema: bool = False) -> list[str]:
     """One phrase per component (and for stray keys) that does not fit the config; empty if all fit."""
     reports, other = key_reports(state_dict, config, components, use_ema)
-    problems = [_describe(c, r) for c, r in reports.items() if not r.ok]
+    pre = prefixes(config)
+    problems = [_describe(c, r, pre[c]) for c, r in reports.items() if not r.ok]
     if other:
         problems.append(f"{len(other)} keys of no component {_first(other)}")
     for c, r in reports.items():
         if r.missing and len(r.missing) == len(expected_shapes(config, c)) and not (r.unexpected or r.mismatched):
-            problems.append(f"the file has no {c} weights (no '{PREFIXES[c]}*' keys)")
+            problems.append(f"the file has no {c} weights (no '{pre[c]}*' keys)")
     return problems
 
 
@@ -128,20 +218,13 @@ def check_schedule(state_dict: dict[str, torch.Tensor], config: LDMConfig, sourc
 def guess_family(state_dict: dict[str, torch.Tensor]) -> str:
     """A short description of the model family the keys and shapes look like."""
     has_unet = any(k.startswith(PREFIXES["unet"]) for k in state_dict)
-    ctx = _context_dim(state_dict)
-    text_emb = state_dict.get(_TEXT_EMB)
-    width = int(text_emb.shape[1]) if text_emb is not None and text_emb.ndim == 2 else None
-    unet_in = state_dict.get(_UNET_IN)
-    in_ch = int(unet_in.shape[1]) if unet_in is not None and unet_in.ndim == 4 else None
-    if any(k.startswith(_OPENCLIP_PREFIX) for k in state_dict) or ctx == 1024:
-        family = "SD 2.x"
-    elif ctx == 768 or (ctx is None and width == 768):
-        family = "SD 1.x"
-    elif has_unet or has_ema(state_dict) or any(k.startswith(PREFIXES["vae"]) for k in state_dict) or width:
+    ctx, width, in_ch = _context_dim(state_dict), _text_width(state_dict), unet_in_channels(state_dict)
+    family = file_family(state_dict)
+    if family is None:
+        if not (has_unet or has_ema(state_dict) or width or any(k.startswith(PREFIXES["vae"]) for k in state_dict)):
+            return "unknown (no CompVis-layout keys)"
         sizes = [f"context_dim {ctx}"] * (ctx is not None) + [f"text width {width}"] * (width is not None)
         family = "latent diffusion, not SD" + (f" ({', '.join(sizes)})" if sizes else "")
-    else:
-        return "unknown (no CompVis-layout keys)"
     if in_ch == 9:
         family += " inpainting"
     elif in_ch is not None and in_ch != 4:

@@ -20,10 +20,10 @@ import torch
 from safetensors.torch import load_file
 
 from ldm.checkpoint import unpickle
-from ldm.checkpoint.components import PREFIXES
+from ldm.checkpoint.components import prefixes
 from ldm.checkpoint.errors import CheckpointError
 from ldm.config import LDMConfig, get_preset
-from ldm.convert.clip_text import clip_text_from_transformers
+from ldm.convert.clip_text import clip_text_from_transformers, open_clip_text_from_transformers
 from ldm.convert.unet import unet_from_diffusers
 from ldm.convert.vae import vae_from_diffusers
 
@@ -118,8 +118,9 @@ def _read_diffusers(folder: Path, config: LDMConfig, components: tuple[str, ...]
     converters: dict[str, Callable[[StateDict], StateDict]] = {
         "unet": lambda sd: unet_from_diffusers(sd, config.unet),
         "vae": vae_from_diffusers,
-        "text": clip_text_from_transformers,
+        "text": open_clip_text_from_transformers if config.text.layout == "open_clip" else clip_text_from_transformers,
     }
+    pre = prefixes(config)
     out: StateDict = {}
     for component, sub in DIFFUSERS_DIRS.items():
         if component not in components or not (folder / sub).is_dir():
@@ -131,7 +132,7 @@ def _read_diffusers(folder: Path, config: LDMConfig, components: tuple[str, ...]
             mapped = converters[component](weights)
         except ValueError as e:
             raise CheckpointError(f"{folder / sub}: weights do not map onto the config's {component} ({e})") from None
-        out.update({PREFIXES[component] + k: v for k, v in mapped.items()})
+        out.update({pre[component] + k: v for k, v in mapped.items()})
     return out
 
 

@@ -1,9 +1,11 @@
 """Build the SD networks from a config and load a checkpoint into them strictly, on the CPU.
 
 Steps: resolve the file (a missing one gives a one-line message saying where it was looked for, which config key
-names it and where to get it), read it in any supported format, check the stored schedule against ours, check every
-key and shape against what the config expects (one error with the likely cause), then build the networks on the
-meta device and assign the weights (no random init of 1B parameters), in eval mode without gradients.
+names it and where to get it), read it in any supported format, take the UNet input (plain or inpainting) from the
+file's conv_in, check that the file is of the config's family (SD 1.x / 2.x; SDXL is refused), check the stored
+schedule against ours, check every key and shape against what the config expects (one error with the likely cause),
+then build the networks on the meta device and assign the weights (no random init of 1B parameters), in eval mode
+without gradients.
 """
 from __future__ import annotations
 
@@ -15,12 +17,13 @@ import torch
 from torch import nn
 
 from ldm.checkpoint.components import COMPONENTS, build_meta_model, split_components
-from ldm.checkpoint.diagnose import check_keys, check_schedule
+from ldm.checkpoint.diagnose import check_family, check_keys, check_schedule, resolve_inpainting
 from ldm.checkpoint.errors import CheckpointError
 from ldm.checkpoint.formats import read_state_dict
 from ldm.config import LDMConfig, get_preset
 from ldm.models.autoencoder import AutoencoderKL
 from ldm.models.clip_text import CLIPTextEncoder
+from ldm.models.open_clip_text import OpenCLIPTextEncoder
 from ldm.models.unet import UNetModel
 
 SD_V1_HINT = ("get sd-v1-4.ckpt from https://huggingface.co/CompVis/stable-diffusion-v-1-4-original "
@@ -34,7 +37,7 @@ class LDMModels:
     config: LDMConfig
     unet: UNetModel | None = None
     vae: AutoencoderKL | None = None
-    text_encoder: CLIPTextEncoder | None = None
+    text_encoder: CLIPTextEncoder | OpenCLIPTextEncoder | None = None
     format: str = ""
 
 
@@ -77,9 +80,12 @@ def _instantiate(component: str, config: LDMConfig, weights: dict[str, torch.Ten
 
 def load_models(path: str | os.PathLike, config: LDMConfig | str = "sd-v1", *,
                 components: tuple[str, ...] | list[str] = COMPONENTS, use_ema: bool = False,
-                dtype: torch.dtype | None = None, config_key: str | None = "ckpt", hint: str = SD_V1_HINT) -> LDMModels:
+                dtype: torch.dtype | None = None, config_key: str | None = "ckpt", hint: str = SD_V1_HINT,
+                inpainting: bool | None = None) -> LDMModels:
     """Load the networks of a .ckpt/.pt/.safetensors file or a diffusers folder, strictly, on the CPU.
 
+    The returned `config` is the given one with the UNet input of the file: an inpainting UNet (conv_in with
+    9 input channels) is recognised from its shape; `inpainting=True/False` demands one kind instead.
     use_ema: take the UNet from the model_ema.* copies of a full-EMA file (otherwise they are ignored).
     dtype: of the floating-point weights (default float32, whatever the file stores).
     config_key, hint: name the config entry that set `path` and where to get the file, for the not-found message.
@@ -89,7 +95,10 @@ def load_models(path: str | os.PathLike, config: LDMConfig | str = "sd-v1", *,
     # 1. Read, whatever the format.
     path = check_exists(path, config_key, hint)
     state_dict, fmt = read_state_dict(path, config, components)
-    # 2. Check schedule buffers, then every key and shape, before building anything.
+    # 2. Plain or inpainting UNet from the file; its family; schedule buffers; every key and shape.
+    if "unet" in components:
+        config = resolve_inpainting(state_dict, config, inpainting, source=str(path))
+    check_family(state_dict, config, source=str(path), config_name=config_name)
     check_schedule(state_dict, config, source=str(path))
     check_keys(state_dict, config, components, use_ema, source=str(path), config_name=config_name)
     # 3. Build on meta and assign the weights.

@@ -80,13 +80,16 @@ def diffusers_unet_kwargs(config: UNetConfig) -> dict:
     mapping reads; diffusers itself is not imported here)."""
     c = config
     attn = [2**level in c.attention_resolutions for level in range(len(c.channel_mult))]
+    widths = [m * c.model_channels for m in c.channel_mult]
+    # diffusers' `attention_head_dim` is (for this class, by a naming accident) the number of heads per level
+    heads = c.num_heads if c.num_head_channels == -1 else tuple(c.attention_heads(w)[0] for w in widths)
     return dict(in_channels=c.in_channels, out_channels=c.out_channels,
                 down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn),
                 up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
-                block_out_channels=tuple(m * c.model_channels for m in c.channel_mult),
-                layers_per_block=c.num_res_blocks, cross_attention_dim=c.context_dim,
-                attention_head_dim=c.num_heads, norm_num_groups=c.norm_num_groups, norm_eps=1e-5,
-                flip_sin_to_cos=True, freq_shift=0)
+                block_out_channels=tuple(widths), layers_per_block=c.num_res_blocks,
+                cross_attention_dim=c.context_dim, attention_head_dim=heads,
+                transformer_layers_per_block=c.transformer_depth, use_linear_projection=c.use_linear_in_transformer,
+                norm_num_groups=c.norm_num_groups, norm_eps=1e-5, flip_sin_to_cos=True, freq_shift=0)
 
 
 def unet_from_diffusers(state_dict: dict[str, torch.Tensor], config: UNetConfig) -> dict[str, torch.Tensor]:

@@ -22,6 +22,8 @@ from torch import nn
 IGNORED_KEYS = ("text_model.embeddings.position_ids",)  # checkpoint buffer we do not keep (positions = arange)
 
 _ACTIVATIONS = ("quick_gelu", "gelu")
+LAYOUTS = ("transformers", "open_clip")
+EOS_TOKEN_ID = 49407
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,11 @@ class CLIPTextConfig:
     num_attention_heads: int = 12
     layer_norm_eps: float = 1e-5
     hidden_act: str = "quick_gelu"      # x * sigmoid(1.702 x), as OpenAI trained it
+    layout: str = "transformers"        # parameter names and module: "transformers" (HF CLIPTextModel, SD 1.x,
+    #                                     this file) or "open_clip" (SD 2.x, ldm/models/open_clip_text.py)
+    skip_last_layers: int = 0           # blocks of the tower (num_hidden_layers) stored but not run; SD 2.x: 1
+    #                                     ("penultimate"), the final LayerNorm still applies
+    pad_token_id: int = EOS_TOKEN_ID    # what the tokenizer pads with: EOS for SD 1.x, 0 for SD 2.x (open_clip)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "max_position_embeddings", "hidden_size", "intermediate_size",
@@ -43,8 +50,20 @@ class CLIPTextConfig:
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"CLIPTextConfig: hidden_size {self.hidden_size} is not divisible by "
                              f"num_attention_heads {self.num_attention_heads}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"CLIPTextConfig: layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if not 0 <= self.skip_last_layers < self.num_hidden_layers:
+            raise ValueError(f"CLIPTextConfig: skip_last_layers must be in [0, num_hidden_layers), got "
+                             f"{self.skip_last_layers}")
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(f"CLIPTextConfig: pad_token_id must be a token id, got {self.pad_token_id}")
         if self.hidden_act not in _ACTIVATIONS:
             raise ValueError(f"CLIPTextConfig: hidden_act must be one of {_ACTIVATIONS}, got {self.hidden_act!r}")
+
+    @property
+    def layers_run(self) -> int:
+        """Blocks the encoder builds and runs."""
+        return self.num_hidden_layers - self.skip_last_layers
 
 
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:
@@ -116,7 +135,7 @@ class CLIPEncoderLayer(nn.Module):
 class CLIPEncoder(nn.Module):
     def __init__(self, cfg: CLIPTextConfig):
         super().__init__()
-        self.layers = nn.ModuleList(CLIPEncoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.layers = nn.ModuleList(CLIPEncoderLayer(cfg) for _ in range(cfg.layers_run))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
@@ -143,6 +162,9 @@ class CLIPTextEncoder(nn.Module):
     def __init__(self, config: CLIPTextConfig | None = None):
         super().__init__()
         self.config = config or CLIPTextConfig()
+        if self.config.layout != "transformers":
+            raise ValueError(f"CLIPTextEncoder: needs layout='transformers', got {self.config.layout!r} "
+                             "(layout 'open_clip' is ldm.models.open_clip_text.OpenCLIPTextEncoder)")
         self.text_model = CLIPTextTransformer(self.config)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:

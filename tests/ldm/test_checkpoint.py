@@ -168,13 +168,34 @@ def test_sd2_file_is_recognised(tmp_path, weights):
     assert "the file has no text weights" in message
 
 
-def test_inpainting_unet_is_recognised(tmp_path, weights):
+def test_inpainting_unet_is_read_from_the_file_or_refused_when_another_kind_is_asked(tmp_path, weights):
     sd = _compvis(weights)
     key = "model.diffusion_model.input_blocks.0.0.weight"
-    sd[key] = torch.zeros(sd[key].shape[0], 9, 3, 3)
+    sd[key] = torch.randn(sd[key].shape[0], 9, 3, 3)
+    path = _write(sd, tmp_path / "inpaint.safetensors", "safetensors")
+    models = load_models(path, CONFIG)                                  # detected from conv_in
+    assert models.config.inpainting and models.unet.config.in_channels == 9
+    torch.testing.assert_close(models.unet.input_blocks[0][0].weight, sd[key], rtol=0, atol=0)
+    assert guess_family(sd) == "latent diffusion, not SD (context_dim 32, text width 32) inpainting"
+    with pytest.raises(CheckpointError) as info:
+        load_models(path, CONFIG, inpainting=False)
+    message = str(info.value)
+    assert "\n" not in message and "holds an inpainting UNet (9 input channels" in message
+    assert "where a plain UNet was asked for (inpainting=False)" in message and "model.inpainting=null" in message
+    plain = _write(_compvis(weights), tmp_path / "plain.safetensors", "safetensors")
+    assert not load_models(plain, CONFIG).config.inpainting
+    with pytest.raises(CheckpointError, match=r"holds a plain UNet \(4 input channels\) .* where an inpainting UNet "
+                                              r"was asked for \(inpainting=True\): give an inpainting"):
+        load_models(plain, CONFIG, inpainting=True)
+
+
+def test_unet_of_another_input_width_is_explained(tmp_path, weights):
+    sd = _compvis(weights)
+    key = "model.diffusion_model.input_blocks.0.0.weight"
+    sd[key] = torch.zeros(sd[key].shape[0], 6, 3, 3)
     message = _load_error(tmp_path, sd)
-    assert f"{key} [32, 9, 3, 3] vs [32, 4, 3, 3]" in message
-    assert "inpainting UNet with 9 input channels" in message
+    assert f"{key} [32, 6, 3, 3] vs [32, 4, 3, 3]" in message
+    assert "a UNet with 6 input channels" in message
 
 
 def test_text_encoder_width_mismatch_is_explained(tmp_path, weights):

@@ -34,8 +34,9 @@ def test_from_dict_fills_defaults_and_rejects_unknown_keys():
 
 
 def test_unknown_preset_lists_known_names():
-    with pytest.raises(ValueError, match="unknown model config 'sd-v2'; known: sd-v1, tiny-test"):
-        get_preset("sd-v2")
+    with pytest.raises(ValueError, match="unknown model config 'sd-v3'; known: sd-v1, sd-v1-inpainting, sd-v2, "
+                                         "sd-v2-768, sd-v2-inpainting, tiny-test"):
+        get_preset("sd-v3")
 
 
 def test_register_preset():
@@ -51,10 +52,10 @@ def test_register_preset():
 
 @pytest.mark.parametrize("change, message", [
     ({"unet": UNetConfig(context_dim=1024)}, "context_dim 1024 must equal the text encoder hidden_size 768"),
-    ({"unet": UNetConfig(in_channels=9)}, "must equal the VAE latent channels"),
+    ({"unet": UNetConfig(in_channels=5)}, r"must be the VAE latent channels \(embed_dim=4\), or in = 9"),
     ({"image_size": 500}, "multiple of the VAE factor 8"),
     ({"beta_end": 0.0001}, "beta_start < beta_end"),
-    ({"prediction_type": "v"}, "prediction_type must be one of"),
+    ({"prediction_type": "x0"}, "prediction_type must be one of"),
     ({"scale_factor": 0.0}, "scale_factor must be positive"),
 ])
 def test_invalid_configs(change, message):
