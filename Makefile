@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow bench quality eval-table clean-venv
+.PHONY: setup demo app test test-slow bench quality eval-table clean-venv
 
 setup: $(STAMP)
 
@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml requirements.txt
 
 demo: $(STAMP)
 	$(PY) scripts/run.py +experiment=demo
+
+# edit in the browser: a local web app on http://127.0.0.1:7860/ (APP_ARGS: --port 8000 model=sd-v1 ...)
+app: $(STAMP)
+	$(PY) scripts/app.py $(APP_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest
