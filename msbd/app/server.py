@@ -305,7 +305,7 @@ def _validated_job(form: dict, staging: Staging, upload_folder, source_of, setti
         prompt, _, _, plan = prepare_edit(source_of(folder), mask_path, str(form.get("prompt", "")),
                                           staging.path / "output.png", config, settings.bundle)
     except InputError as err:
-        if "is empty" in str(err) and "mask" in str(err):
+        if str(err).startswith(f"mask {mask_path} is empty"):
             raise InputError("the mask is empty: paint over the region to edit (or upload a mask)") from None
         raise InputError(_friendly(err, (mask_path, "(painted)"), (source_of(folder), "(uploaded)"))) from None
     return EditJob(job_id, final, source_of(folder), final / "mask.png", prompt, config, plan)

@@ -88,7 +88,7 @@ def test_upload_paint_run_and_download(page, app_server, tmp_path):
     out = Image.open(saved)
     assert out.text["prompt"] == "a red star" and out.text["seed"] == "0"
     assert {"msbd_config", "weights_sha256"} <= set(out.text)
-    (job,) = [p for p in (app_server.out / "jobs").iterdir() if (p / "output.png").is_file()]
+    (job,) = (app_server.out / "jobs").glob(download.value.suggested_filename.split("_")[1][:8] + "*")
     mask = np.asarray(Image.open(job / "mask.png").convert("L")) >= 128
     pixels = np.asarray(out.convert("RGB"))
     assert 0.02 * mask.size < mask.sum() < 0.3 * mask.size
