@@ -45,6 +45,8 @@ class ModelSpec:
     reranker: str | None = None         # CLIP weights for reranking (ViT-L/14 file or the toy CLIP); "random" (tests)
     reranker_arch: str = "msbd-toy-clip"  # open_clip architecture of the reranker: ViT-L-14 | msbd-toy-clip
     use_ema: bool = False               # load the model_ema.* UNet copy of a full-EMA checkpoint
+    inpainting: bool | None = None      # None: a 9-channel (inpainting) or 4-channel UNet as the checkpoint holds;
+    #                                     true/false: demand one (with random weights: build one)
     seed: int = 0                       # weights seed when ckpt is None (tests and smoke runs)
 
 
@@ -113,7 +115,7 @@ def load_bundle(spec: ModelSpec, msbd_config: MSBDConfig, dtype: torch.dtype = t
                          f"size {config.image_size}; use the model group's sizes")
     try:
         bundle = build_bundle(config, ckpt, reranker=(spec.reranker_arch, rr) if rr else None, sr_path=sr,
-                              dtype=dtype, device=device, seed=spec.seed)
+                              dtype=dtype, device=device, seed=spec.seed, inpainting=spec.inpainting)
     except (OSError, RuntimeError) as err:          # unreadable / corrupt files: one line, not a traceback
         raise InputError(f"could not load the model weights: {str(err).splitlines()[0]}") from None
     if random_sr:

@@ -22,6 +22,7 @@ from msbd.config import MSBDConfig, resolve_seed
 from msbd.crop import Box, plan_crop, to_work_image, to_work_mask
 from msbd.mask import binarize, resize_image, resize_mask
 from msbd.models import ModelBundle, denoiser
+from msbd.inpaint import conditioned_model
 from msbd.pipeline import _ceil64, _Counter, _latent_mask, _Run, _sampler_config, generator, paste
 from msbd.stitch import grid_tiles
 
@@ -43,7 +44,8 @@ def _blended(run: _Run, image: torch.Tensor, mask_px: torch.Tensor, gen: torch.G
     """Blended DDIM (+ RePaint) from noise, first-stage settings, batch 1: [1, 3, h, w] in [0, 1]."""
     fs = run.config.first_stage
     cfg = _sampler_config(run, fs.steps, fs.strength, repaint_steps=fs.repaint_steps, repaint_jump=fs.repaint_jump)
-    z = sample(run.model, cfg, generators=[gen], context=run.cond, uncond_context=run.uncond,
+    model = conditioned_model(run.model, run.bundle, image, mask_px)       # inpainting UNets: [x_t, mask, masked]
+    z = sample(model, cfg, generators=[gen], context=run.cond, uncond_context=run.uncond,
                source=run.bundle.encode(image * 2 - 1), mask=_latent_mask(run, mask_px))
     return run.bundle.decode(z)
 

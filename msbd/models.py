@@ -5,7 +5,8 @@ runs in, and two optional helpers: a `reranker` (callable (images uint8 [H, W, 3
 `upscaler` (module RGB [0, 1] [B, 3, h, w] -> [B, 3, 4h, 4w]). `build_bundle` loads them from files (SD v1 or the
 toy world, whose trained weights plug in by path) or, without a checkpoint, builds random-weight networks for tests.
 `denoiser(bundle)` is the (x_t, t, context) -> eps callable of `ldm.sampling.sample`, casting x to the model dtype
-on the way in and eps back to float32.
+on the way in and eps back to float32. The bundle also says what the UNet predicts (`prediction_type`: eps, or v
+for SD 2.x 768-v) and whether it is an inpainting UNet (`inpainting`; its conditioning: msbd.inpaint).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from torch import nn
 from ldm.config import LDMConfig, get_preset
 from ldm.models.autoencoder import AutoencoderKL
 from ldm.models.clip_text import CLIPTextEncoder
+from ldm.models.open_clip_text import OpenCLIPTextEncoder
 from ldm.models.tokenizer import CLIPTokenizer
 from msbd.profiling import CallStats
 
@@ -30,7 +32,7 @@ Reranker = Callable[[Sequence[np.ndarray], str], torch.Tensor]
 class ModelBundle:
     unet: nn.Module
     vae: AutoencoderKL
-    text_encoder: CLIPTextEncoder
+    text_encoder: CLIPTextEncoder | OpenCLIPTextEncoder
     tokenizer: CLIPTokenizer
     scale_factor: float                       # latent = scale_factor * VAE posterior mean
     native_size: int                          # training resolution in pixels (512 SD v1, 128 toy)
@@ -40,6 +42,12 @@ class ModelBundle:
     upscaler: nn.Module | Callable | None = None  # RGB [0,1] -> x4
     weights_files: dict[str, str] = field(default_factory=dict)  # component -> path (hashed into the output)
     stats: CallStats = field(default_factory=CallStats)  # seconds and counts of the VAE calls (set per run)
+    prediction_type: str = "eps"              # what the UNet returns: "eps" or "v" (SD 2.x 768-v)
+
+    @property
+    def inpainting(self) -> bool:
+        """True for an inpainting UNet: input [x_t, mask_z, z_masked], 2 x latent channels + 1."""
+        return self.unet.config.in_channels == 2 * self.vae.config.embed_dim + 1
 
     @property
     def latent_factor(self) -> int:
@@ -90,9 +98,11 @@ def denoiser(bundle: ModelBundle) -> Callable[[torch.Tensor, torch.Tensor, torch
 def build_bundle(config: LDMConfig | str, ckpt_path: str | os.PathLike | None = None, *,
                  reranker: tuple[str, str] | Reranker | None = None, sr_path: str | os.PathLike | None = None,
                  dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                 seed: int = 0) -> ModelBundle:
+                 seed: int = 0, inpainting: bool | None = None) -> ModelBundle:
     """Build the bundle: load `ckpt_path` (any format ldm.checkpoint reads), or random weights when it is None.
 
+    inpainting: None takes the UNet input from the checkpoint (4 channels plain, 9 inpainting) or, for random
+    weights, from the config; True/False demands one kind (a checkpoint of the other is a one-line error).
     reranker: (open_clip name, weights path) for `msbd.toy.clip_model.load_reranker` ("ViT-L-14" or the toy CLIP),
     or a ready callable. sr_path: RealESRGAN_x4plus.pth or the toy SR safetensors (read by spandrel).
     seed: of the random weights (tests).
@@ -100,16 +110,19 @@ def build_bundle(config: LDMConfig | str, ckpt_path: str | os.PathLike | None = 
     config = get_preset(config) if isinstance(config, str) else config
     files: dict[str, str] = {}
     if ckpt_path is None:
+        if inpainting is not None:
+            from ldm.config import with_inpainting
+            config = with_inpainting(config, inpainting)
         unet, vae, text = _random_networks(config, seed)
     else:
         from ldm.checkpoint import load_models
-        loaded = load_models(ckpt_path, config)
-        unet, vae, text = loaded.unet, loaded.vae, loaded.text_encoder
+        loaded = load_models(ckpt_path, config, inpainting=inpainting)
+        unet, vae, text, config = loaded.unet, loaded.vae, loaded.text_encoder, loaded.config
         files["ldm"] = os.fspath(ckpt_path)
     device = torch.device(device)
     unet, vae, text = (m.to(device, dtype).eval().requires_grad_(False) for m in (unet, vae, text))
-    bundle = ModelBundle(unet, vae, text, CLIPTokenizer(), config.scale_factor, config.image_size, dtype, device,
-                         weights_files=files)
+    bundle = ModelBundle(unet, vae, text, CLIPTokenizer(pad_token_id=config.text.pad_token_id), config.scale_factor,
+                         config.image_size, dtype, device, weights_files=files, prediction_type=config.prediction_type)
     if isinstance(reranker, tuple):
         bundle.reranker = clip_reranker(*reranker, device=device)
         files["reranker"] = os.fspath(reranker[1])
@@ -122,12 +135,12 @@ def build_bundle(config: LDMConfig | str, ckpt_path: str | os.PathLike | None = 
     return bundle
 
 
-def _random_networks(config: LDMConfig, seed: int) -> tuple[nn.Module, AutoencoderKL, CLIPTextEncoder]:
-    from ldm.models.unet import UNetModel
+def _random_networks(config: LDMConfig, seed: int) -> tuple[nn.Module, AutoencoderKL, nn.Module]:
+    from ldm.checkpoint.components import build_model
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        return UNetModel(config.unet), AutoencoderKL(config.vae), CLIPTextEncoder(config.text)
+        return build_model("unet", config), build_model("vae", config), build_model("text", config)
     finally:
         torch.random.set_rng_state(state)
 

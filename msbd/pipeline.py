@@ -31,10 +31,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ldm.sampling import SamplerConfig, sample
+from ldm.sampling.inpaint import inpaint_input
 from msbd.config import MSBDConfig, resolve_seed
 from msbd.crop import Box, CropPlan, box_to_original, from_work_image, place_crop, plan_crop, stage_geometry
 from msbd.crop import stage_sizes, to_work_image, to_work_mask
 from msbd.decoder_opt import decoder_optimization
+from msbd.inpaint import bundle_condition, conditioned_model
 from msbd.mask import binarize, resize_image, resize_mask
 from msbd.memory import auto_batch
 from msbd.models import ModelBundle, decode_tiled, denoiser, encode_tiled
@@ -125,7 +127,8 @@ def _sampler_config(run: _Run, steps: int, strength: float, first: bool = False,
     eta, guidance = (fs.eta, fs.guidance) if first else (up.eta, up.guidance)
     return SamplerConfig(num_steps=steps, eta=eta, guidance_scale=guidance, strength=strength,
                          background_level=q.background_level, clean_final=q.clean_final,
-                         sdedit_ref_alpha0=q.sdedit_ref_alpha0, progress=run.config.progress, **kw)
+                         sdedit_ref_alpha0=q.sdedit_ref_alpha0, progress=run.config.progress,
+                         prediction_type=run.bundle.prediction_type, **kw)
 
 
 def _latent_mask(run: _Run, mask_px: torch.Tensor) -> torch.Tensor:
@@ -149,7 +152,8 @@ def first_stage(run: _Run, source: torch.Tensor, mask_crop: torch.Tensor, prompt
     gens = [generator(run.config.seed, 0, k) for k in range(fs.batch)]
     cfg = _sampler_config(run, fs.steps, fs.strength, first=True, repaint_steps=fs.repaint_steps,
                           repaint_jump=fs.repaint_jump)
-    z = sample(run.model, cfg, generators=gens, context=run.cond, uncond_context=run.uncond, source=z_src,
+    model = conditioned_model(run.model, run.bundle, image, resize_mask(mask_crop, size))  # inpainting UNets
+    z = sample(model, cfg, generators=gens, context=run.cond, uncond_context=run.uncond, source=z_src,
                mask=mask_z)
     images = run.bundle.decode(z)                                   # [B, 3, n, n]: the candidates in one call
     truncate = run.config.reference_quirks.truncate_uint8
@@ -176,7 +180,8 @@ def refine(run: _Run, image: torch.Tensor, mask_px: torch.Tensor, strength: floa
     gens = [gens] if isinstance(gens, torch.Generator) else list(gens)
     z_src = run.bundle.encode(image * 2 - 1)
     mask_z = _latent_mask(run, mask_px) if up.blended else None
-    z = sample(run.model, _sampler_config(run, up.steps, strength), generators=gens, context=run.upscale_cond,
+    model = conditioned_model(run.model, run.bundle, image, mask_px)      # inpainting UNets: [x_t, mask, masked]
+    z = sample(model, _sampler_config(run, up.steps, strength), generators=gens, context=run.upscale_cond,
                uncond_context=run.uncond, source=z_src, mask=mask_z)
     return run.bundle.decode(z)
 
@@ -257,12 +262,15 @@ def latent_fusion(run: _Run, image: torch.Tensor, mask_px: torch.Tensor, boxes: 
     weights = [w.to(z_src.device, torch.float32)
                for w in fusion_weights(boxes_z, z_src.shape[-2], z_src.shape[-1], max(1, overlap // f))]
     chunks = _chunks(list(range(len(boxes))), boxes, grid_batch(run, (run.config.grid.tile,) * 2, len(boxes)))
+    # inpainting UNets: [mask_z, z_masked] of the whole stage, cut into tiles with x_t
+    cond = bundle_condition(run.bundle, image, mask_px, boxes, overlap) if run.bundle.inpainting else None
 
     def fused(x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         eps = torch.zeros_like(x_t)
         n = x_t.shape[0]
+        x_in = x_t if cond is None else inpaint_input(x_t, cond)                 # [n, C or 2C + 1, H, W]
         for chunk in chunks:
-            x = torch.cat([x_t[..., *boxes_z[i].slices] for i in chunk])         # [len(chunk) * n, C, h, w]
+            x = torch.cat([x_in[..., *boxes_z[i].slices] for i in chunk])        # [len(chunk) * n, C', h, w]
             out = run.model(x, t.repeat(len(chunk)), context.repeat(len(chunk), 1, 1)).split(n)
             for i, eps_tile in zip(chunk, out):
                 eps[..., *boxes_z[i].slices] += weights[i] * eps_tile
