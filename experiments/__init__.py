@@ -9,7 +9,7 @@ import importlib
 from types import ModuleType
 
 EXPERIMENTS = ("smoke", "demo", "edit", "paper", "ablation_upscaler", "ablation_repaint", "seeds", "baselines",
-               "eval", "toy_quality")
+               "eval", "toy_quality", "evidence")
 
 
 def load_experiment(name: str) -> ModuleType:

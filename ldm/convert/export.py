@@ -50,14 +50,18 @@ def _load(target: torch.nn.Module, ours: torch.nn.Module, forward) -> torch.nn.M
     extra = {k: v for k, v in target.state_dict().items() if k not in state}      # buffers we compute ourselves
     target.load_state_dict({**extra, **state}, strict=True)
     param = next(ours.parameters())
-    return target.to(param.device, param.dtype).eval().requires_grad_(False)
+    target = target.to(param.device)
+    if param.dtype != torch.float32:            # (diffusers warns about any dtype given to .to(), even float32)
+        target = target.to(param.dtype)
+    return target.eval().requires_grad_(False)
 
 
-def export_unet(unet: torch.nn.Module):
-    """A `diffusers.UNet2DConditionModel` with the weights of our `UNetModel`."""
+def export_unet(unet: torch.nn.Module, sample_size: int = 64):
+    """A `diffusers.UNet2DConditionModel` with the weights of our `UNetModel`; sample_size: the native latent side
+    (64 for SD v1, 16 toy; diffusers' pipelines read their default size from it)."""
     import diffusers
     config = unet.config
-    target = diffusers.UNet2DConditionModel(**diffusers_unet_kwargs(config))
+    target = diffusers.UNet2DConditionModel(**diffusers_unet_kwargs(config), sample_size=sample_size)
     return _load(target, unet, lambda sd: unet_from_diffusers(sd, config))
 
 
