@@ -9,6 +9,7 @@ without gradients.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from ldm.checkpoint.components import COMPONENTS, build_meta_model, split_compon
 from ldm.checkpoint.diagnose import check_family, check_keys, check_schedule, resolve_inpainting
 from ldm.checkpoint.errors import CheckpointError
 from ldm.checkpoint.formats import read_state_dict
-from ldm.config import LDMConfig, get_preset
+from ldm.config import PRESETS, LDMConfig, get_preset
 from ldm.models.autoencoder import AutoencoderKL
 from ldm.models.clip_text import CLIPTextEncoder
 from ldm.models.open_clip_text import OpenCLIPTextEncoder
@@ -47,7 +48,8 @@ def resolve_config(config: LDMConfig | str) -> tuple[LDMConfig, str]:
         return get_preset(config), f"config '{config}'"
     if not isinstance(config, LDMConfig):
         raise ValueError(f"config must be an LDMConfig or a preset name, got {type(config).__name__}")
-    return config, "the given config"
+    name = next((n for n, c in PRESETS.items() if c == config), None)   # a preset passed as an object
+    return config, f"config '{name}'" if name else "the given config"
 
 
 def check_exists(path: str | os.PathLike, config_key: str | None = "ckpt", hint: str = SD_V1_HINT) -> Path:
@@ -78,6 +80,27 @@ def _instantiate(component: str, config: LDMConfig, weights: dict[str, torch.Ten
     return model.eval().requires_grad_(False)
 
 
+_DIFFUSERS_PREDICTION = {"epsilon": "eps", "v_prediction": "v"}
+
+
+def check_diffusers_prediction_type(folder: Path, config: LDMConfig, config_name: str = "the config") -> None:
+    """A diffusers folder's scheduler/scheduler_config.json names the parameterisation (512-base: epsilon, 768-v:
+    v_prediction), which the weights do not show: a mismatch with the config is one CheckpointError."""
+    file = folder / "scheduler" / "scheduler_config.json"
+    if not file.is_file():
+        return
+    try:
+        stored = json.loads(file.read_text()).get("prediction_type")
+    except (OSError, ValueError):
+        return                                   # an unreadable scheduler config is not the weights' problem
+    ours = _DIFFUSERS_PREDICTION.get(stored)
+    if ours is not None and ours != config.prediction_type:
+        hint = "config 'sd-v2-768' (model=sd-v2-768)" if ours == "v" else "config 'sd-v2' (model=sd-v2)"
+        raise CheckpointError(f"{folder} is a {stored} model (scheduler/scheduler_config.json) but {config_name} "
+                              f"predicts {config.prediction_type}: pass {hint}, or a config with "
+                              f"prediction_type={ours!r}")
+
+
 def load_models(path: str | os.PathLike, config: LDMConfig | str = "sd-v1", *,
                 components: tuple[str, ...] | list[str] = COMPONENTS, use_ema: bool = False,
                 dtype: torch.dtype | None = None, config_key: str | None = "ckpt", hint: str = SD_V1_HINT,
@@ -99,6 +122,8 @@ def load_models(path: str | os.PathLike, config: LDMConfig | str = "sd-v1", *,
     if "unet" in components:
         config = resolve_inpainting(state_dict, config, inpainting, source=str(path))
     check_family(state_dict, config, source=str(path), config_name=config_name)
+    if fmt == "diffusers":
+        check_diffusers_prediction_type(path, config, config_name)
     check_schedule(state_dict, config, source=str(path))
     check_keys(state_dict, config, components, use_ema, source=str(path), config_name=config_name)
     # 3. Build on meta and assign the weights.

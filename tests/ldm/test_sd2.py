@@ -259,3 +259,37 @@ def test_wrong_family_file_is_one_line_through_load_models(tmp_path, keys, messa
     with pytest.raises(CheckpointError) as info:
         load_models(path, "sd-v2")
     assert message in str(info.value) and "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+def test_diffusers_scheduler_names_the_parameterisation(refs, tmp_path):
+    """512-base and 768-v weights have the same shapes; a folder's scheduler config tells them apart."""
+    import json
+    refs["unet"].save_pretrained(tmp_path / "unet", safe_serialization=True)
+    (tmp_path / "scheduler").mkdir()
+    for stored, ok in (("v_prediction", True), ("epsilon", False)):
+        (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps({"prediction_type": stored}))
+        if ok:
+            assert load_models(tmp_path, TINY_SD2, components=("unet",)).unet is not None
+        else:
+            with pytest.raises(CheckpointError, match=r"is a epsilon model \(scheduler/scheduler_config.json\) but "
+                                                      r"the given config predicts v: pass config 'sd-v2' \(model=sd-v2\)"):
+                load_models(tmp_path, TINY_SD2, components=("unet",))
+
+
+def test_cli_inspect_names_the_family_and_what_to_pass(refs, tmp_path, capsys):
+    from ldm.checkpoint.__main__ import main
+    from ldm.config import PRESETS
+    path = tmp_path / "sd2.safetensors"
+    save_file(_stability_state(refs), str(path))
+    PRESETS["test-tiny-sd2"] = TINY_SD2
+    try:
+        assert main(["inspect", str(path), "--config", "test-tiny-sd2"]) == 0
+    finally:
+        PRESETS.pop("test-tiny-sd2")
+    out = capsys.readouterr().out
+    assert "family:    SD 2.x\n" in out and "pass:      config 'sd-v2' (model=sd-v2; 512-base, eps)" in out
+    assert "text       cond_stage_model.model." in out
+    assert "against config 'test-tiny-sd2': every key and shape matches" in out
+    assert main(["inspect", str(path), "--config", "tiny-test"]) == 0        # an SD 1.x-layout config: mismatch
+    out = capsys.readouterr().out
+    assert "likely an SD 2.x file given to a non-SD config (pass config 'sd-v2'" in out
