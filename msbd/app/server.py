@@ -215,7 +215,13 @@ def create_app(settings: AppSettings) -> FastAPI:
     @app.get("/api/uploads/{upload_id}/preview.png")
     def preview(upload_id: str) -> Response:
         """The image as the model sees it (8-bit RGB, EXIF-oriented): the canvas the mask is painted on."""
-        return Response(_png(load_image(source_of(upload_folder(upload_id)))), media_type="image/png")
+        folder = upload_folder(upload_id)
+        path = folder / "preview.png"
+        if not path.is_file():                  # made once: a 25 MP image takes seconds to decode and encode
+            partial = folder / f"preview.{_new_id()}.part"
+            partial.write_bytes(_png(load_image(source_of(folder))))
+            partial.replace(path)
+        return FileResponse(path, media_type="image/png")
 
     @app.get("/api/uploads/{upload_id}/toy_mask.png")
     def toy_mask(upload_id: str) -> FileResponse:

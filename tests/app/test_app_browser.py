@@ -80,6 +80,8 @@ def test_upload_paint_run_and_download(page, app_server, tmp_path):
     assert page.evaluate("document.getElementById('compare-output').naturalWidth") == 256
     page.locator("#zoom").fill("4")
     assert page.evaluate("document.getElementById('compare-output').style.width") == "400%"
+    scroll = page.evaluate("[...document.querySelectorAll('.pane')].map(p => [p.scrollLeft, p.clientWidth])")
+    assert scroll[0] == scroll[1] and scroll[0][0] > scroll[0][1]    # both at the stroke's centre, not the corner
     # 3. Download: the PNG with its provenance; outside the painted mask it is the input, inside it is not
     with page.expect_download() as download:
         page.click("#download")
@@ -93,8 +95,6 @@ def test_upload_paint_run_and_download(page, app_server, tmp_path):
     pixels = np.asarray(out.convert("RGB"))
     assert 0.02 * mask.size < mask.sum() < 0.3 * mask.size
     assert np.array_equal(pixels[~mask], image[~mask]) and not np.array_equal(pixels[mask], image[mask])
-    if os.environ.get("MSBD_APP_SCREENSHOT"):          # the README's picture: MSBD_APP_SCREENSHOT=docs/images/app.png
-        page.screenshot(path=os.environ["MSBD_APP_SCREENSHOT"], full_page=True)
 
 
 def test_bad_upload_and_bad_setting_show_one_message_and_write_nothing(page, app_server):

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import base64
 import io
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -93,3 +97,14 @@ def test_the_page_cannot_reach_other_files(app_server):
         assert status == 404, name
     status, png = app_server.request(f"/api/jobs/{job['job_id']}/files/output.png")
     assert status == 200 and Image.open(io.BytesIO(png)).text["prompt"] == form["prompt"]
+
+
+def test_bad_command_line_is_one_error_line(tmp_path):
+    """model=sd-v1 without its weights and an out-of-range default: one `error:` line, exit 2, no folder made."""
+    root = Path(__file__).resolve().parents[2]
+    for override, words in (("model=sd-v1", "model.ckpt: weights file"), ("msbd.margin=0.5", "margin must be >= 1")):
+        result = subprocess.run([sys.executable, str(root / "scripts" / "app.py"), "--out", str(tmp_path / "app"),
+                                 override], capture_output=True, text=True, timeout=120, cwd=root,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert result.returncode == 2 and result.stderr.startswith("error:") and words in result.stderr, result
+        assert result.stderr.count("\n") == 1 and not (tmp_path / "app").exists()

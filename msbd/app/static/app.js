@@ -3,10 +3,11 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { uploadId: null, jobId: null, polling: null, painting: false, last: null };
+const state = { uploadId: null, jobId: null, polling: null, painting: false, last: null, focus: { x: 0.5, y: 0.5 } };
 const canvas = $("mask-canvas");
 const ctx = canvas.getContext("2d");
 const MASK_COLOUR = "#ff3030";
+const panes = document.querySelectorAll(".pane");
 
 function say(text, isError = false) {
   $("message").textContent = text;
@@ -242,16 +243,44 @@ function showResults(result) {
   $("stages").replaceChildren(...result.stages.map((s) => figure(file(s.file),
     `${s.name}: ${s.size[1]}x${s.size[0]} px, ${s.seconds} s` + (s.tiles !== "1/1" ? `, tiles ${s.tiles}` : ""))));
   $("results").hidden = false;
+  state.focus = maskCentre();
+  $("compare-output").onload = setZoom;
+}
+
+function maskCentre() {
+  // Centre of the painted region as fractions of the image (from a small copy of the brush layer)
+  const small = document.createElement("canvas");
+  small.width = small.height = 128;
+  const c = small.getContext("2d");
+  c.drawImage(canvas, 0, 0, 128, 128);
+  const data = c.getImageData(0, 0, 128, 128).data;
+  let n = 0, sx = 0, sy = 0;
+  for (let i = 3; i < data.length; i += 4) {
+    if (data[i] > 0) { n += 1; sx += ((i - 3) / 4) % 128; sy += Math.floor((i - 3) / 4 / 128); }
+  }
+  return n ? { x: (sx / n + 0.5) / 128, y: (sy / n + 0.5) / 128 } : { x: 0.5, y: 0.5 };
 }
 
 function setZoom() {
+  // Both panes zoom about the centre of the view (at first, the centre of the mask) and scroll together
   const zoom = Number($("zoom").value);
   $("zoom-label").textContent = `${zoom}x`;
   for (const id of ["compare-input", "compare-output"]) $(id).style.width = `${zoom * 100}%`;
+  for (const pane of panes) {
+    pane.scrollLeft = state.focus.x * pane.scrollWidth - pane.clientWidth / 2;
+    pane.scrollTop = state.focus.y * pane.scrollHeight - pane.clientHeight / 2;
+  }
 }
 
 function syncScroll(from, to) {
-  from.addEventListener("scroll", () => { to.scrollLeft = from.scrollLeft; to.scrollTop = from.scrollTop; });
+  from.addEventListener("scroll", () => {
+    to.scrollLeft = from.scrollLeft;
+    to.scrollTop = from.scrollTop;
+    if (from.scrollWidth > from.clientWidth || from.scrollHeight > from.clientHeight) {
+      state.focus = { x: (from.scrollLeft + from.clientWidth / 2) / from.scrollWidth,
+                      y: (from.scrollTop + from.clientHeight / 2) / from.scrollHeight };
+    }
+  });
 }
 
 // 6. Wiring ------------------------------------------------------------------------------------------------------
@@ -263,7 +292,6 @@ $("mask-clear").addEventListener("click", () => ctx.clearRect(0, 0, canvas.width
 $("run").addEventListener("click", run);
 $("cancel").addEventListener("click", cancel);
 $("zoom").addEventListener("input", setZoom);
-const panes = document.querySelectorAll(".pane");
 syncScroll(panes[0], panes[1]);
 syncScroll(panes[1], panes[0]);
 loadInfo().catch((err) => say(`cannot reach the server: ${err.message}`, true));
