@@ -178,6 +178,15 @@ def load_rows(path: Path) -> list[dict]:
     return rows
 
 
+def end_line(path: Path) -> None:
+    """Terminate a last line cut short by a kill, so the next row starts on its own line."""
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb+") as f:
+            f.seek(-1, 2)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+
+
 def append_row(path: Path, row: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(row, default=_jsonable) + "\n")
@@ -222,6 +231,7 @@ def edit_one(case: ToyCase, v: EvidenceVariant, bundle, peer=None, tiles=None) -
 def run(ctx: RunContext, p: Params) -> dict:
     base = variant(ctx.msbd, **PRESET_SETTINGS[p.preset])
     rows_path = ctx.path(ROWS)
+    end_line(rows_path)
     done = {row_key(r) for r in load_rows(rows_path)}
     tiles_of = {case_key(r["group"], r["task"], r["size"], r["mask"], r["seed"]): r.get("tiles")
                 for r in load_rows(rows_path) if r["variant"] == OURS and r.get("tiles")}

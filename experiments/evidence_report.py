@@ -262,8 +262,9 @@ FIGURES = {
 
 def figures(out_dir: Path, rows: list[dict], max_rows: int = 3) -> list[Path]:
     """The paper-style figures from the saved edits (cases of the largest size that has saved PNGs)."""
-    from experiments.common import figure_grid, toy_case, zoom_box
     from PIL import Image
+
+    from experiments.common import figure_grid, toy_case, zoom_box
     made = []
     for fname, (group, names, title) in FIGURES.items():
         sel = [r for r in rows if r["group"] == group and "error" not in r]

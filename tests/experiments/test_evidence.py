@@ -1,0 +1,161 @@
+"""The evidence benchmark (issue 21): resuming, pairing, the claim table's verdicts on constructed rows, the peers.
+
+The harness tests replace the edit by a stand-in (the analyser's fields from a formula of the variant and task),
+so they test the bookkeeping in well under a second; the peers run the toy layout on random weights; the whole
+tiny preset on the shipped toy weights is `slow`."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from experiments import evidence, evidence_report
+from experiments.common import ModelSpec, RunContext
+from experiments.evidence import PRESETS, Params, load_rows, plan
+from msbd.config import MSBDConfig
+
+
+def _ctx(tmp_path):
+    ctx = RunContext(out_dir=tmp_path, seed=0, model=ModelSpec(), msbd=MSBDConfig.for_native_size(128),
+                     progress=False)
+    ctx._bundle = object()                                # never used by the stand-in edit
+    return ctx
+
+
+@pytest.fixture
+def fake_edits(monkeypatch):
+    calls = []
+
+    def edit_one(case, v, bundle, peer=None, tiles=None):
+        calls.append((case.name, v.name, v.config.seed))
+        return case.image, {"seconds": 0.1, "count": 1 if v.name.startswith("ours") else 2, "colour_ok": True,
+                            "edge_ratio": 1.5, "seam": 1.0, "stage_counts": {"first": 1, "stage1": 1}}
+
+    class Peer:
+        def __init__(self, bundle):
+            pass
+
+    monkeypatch.setattr(evidence, "edit_one", edit_one)
+    monkeypatch.setattr("experiments.evidence_peers.DiffusersPeer", Peer)
+    return calls
+
+
+def test_a_stopped_run_resumes_where_it_stopped_and_pairs_every_variant(tmp_path, fake_edits):
+    ctx = _ctx(tmp_path)
+    total = sum(len(plan(s, g, 0)) * len(s.variants) for g, s in PRESETS["tiny"].items())
+    evidence.run(ctx, Params(preset="tiny", max_edits=3, report=False))
+    assert len(load_rows(tmp_path / "rows.jsonl")) == 3
+    with open(tmp_path / "rows.jsonl", "a") as f:
+        f.write('{"group": "main", "task": 0, "si')          # a line cut short by a kill is ignored
+    evidence.run(ctx, Params(preset="tiny", report=False))
+    rows = load_rows(tmp_path / "rows.jsonl")
+    keys = [evidence.row_key(r) for r in rows]
+    assert len(rows) == total == len(set(keys)) == len(fake_edits)
+    seeds = sorted({r["seed"] for r in rows if r["group"] == "seeds"})
+    assert seeds == [0, 1]
+    by_case = {}
+    for r in rows:                                          # every variant of a group edits the same cases
+        by_case.setdefault((r["group"], r["variant"]), set()).add(evidence_report.case_of(r))
+    for group in PRESETS["tiny"]:
+        cases = [v for (g, _), v in by_case.items() if g == group]
+        assert all(c == cases[0] for c in cases)
+    evidence.run(ctx, Params(preset="tiny", report=False))  # complete: nothing new
+    assert len(load_rows(tmp_path / "rows.jsonl")) == total
+
+
+def _rows(variant, group, values, size=512, metric_key="count", seed_of=lambda t: 0, **extra):
+    return [{"group": group, "task": t, "size": size, "mask": "large", "variant": variant, "seed": seed_of(t),
+             "count": 1, "colour_ok": True, "edge_ratio": 2.0, "seam": 1.0, **extra, metric_key: v}
+            for t, v in enumerate(values)]
+
+
+def test_claim_verdicts_on_constructed_rows(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 40
+    ours_edge = 2 + rng.normal(0, 0.2, n)
+    rows = (_rows(evidence.OURS, "main", [1] * n, edge_ratio=0)
+            + _rows("naive", "main", [3] * 30 + [1] * 10)                     # repeats objects: C1 supported
+            + _rows("segmented", "main", [1] * 38 + [2] * 2)                  # too few differences: not supported
+            + _rows("a bilinear, no diffusion", "main", ours_edge - 0.5, metric_key="edge_ratio"))  # sharper
+    for r, e in zip(rows[:n], ours_edge):
+        r["edge_ratio"] = e
+    rows += [{**r, "size": 2048} for r in rows]                               # the same at 4 MP, for the bars
+    (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    verdicts = evidence_report.build_report(tmp_path)
+    assert verdicts["C1 naive one object"] == "supported"
+    assert verdicts["C1 segmented one object"] == "not supported"
+    assert verdicts["C2 a bilinear, no diffusion edge ratio"] == "reversed"
+    assert verdicts["C5 no decoder opt seam"] == "no data"
+    saved = json.loads((tmp_path / "claims.json").read_text())
+    c1 = saved["claims"][0]
+    assert c1["n"] == 2 * n and c1["effect"] == pytest.approx(-30 / n) and c1["p_holm"] < 1e-6
+    assert [b["verdict"] for b in saved["bars"]][:2] == ["supported", "not supported"]
+    text = (tmp_path / "claims.md").read_text()
+    assert "| C1 |" in text and "**supported**" in text and "**reversed**" in text
+    assert "ours' one-object rate at 4 MP: 1.00" in (tmp_path / "results.md").read_text()
+
+
+def test_best_of_seeds_pairs_per_task():
+    rows = []
+    for t in range(3):                                     # seed 0 fails, seed 2 succeeds, in every task
+        rows += [{"group": "seeds", "task": t, "size": 256, "mask": "large", "variant": evidence.OURS, "seed": k,
+                  "count": 1 if k == 2 else 3} for k in range(4)]
+    a, b = evidence_report.paired(rows, evidence_report.CLAIMS[8])
+    assert evidence_report.CLAIMS[8].id == "C6" and a == [0.0] * 3 and b == [1.0] * 3
+
+
+def test_authors_quirks_switch_every_reference_quirk():
+    from experiments.evidence_peers import authors_quirks, quirk_fields_all_switched
+    base = MSBDConfig.for_native_size(128)
+    assert quirk_fields_all_switched(authors_quirks(base)) == []
+    assert len(quirk_fields_all_switched(base)) >= 9
+
+
+def test_every_variant_builds_and_differs_from_ours():
+    base = MSBDConfig.for_native_size(128)
+    ours = evidence.make_variant(evidence.OURS, base)
+    for name in evidence.MAIN_VARIANTS[1:] + tuple(f"r={r}" for r in evidence.REPAINT_R):
+        v = evidence.make_variant(name, base)
+        assert v.method != "msbd" or v.config != ours.config, name
+    with pytest.raises(Exception, match="unknown variant"):
+        evidence.make_variant("nope", base)
+
+
+@pytest.mark.slow
+def test_diffusers_peer_keeps_the_outside_and_edits_the_inside():
+    """diffusers' inpainting pipeline on the toy layout (random weights, 2 steps): about 10 s on one core."""
+    pytest.importorskip("diffusers")
+    from experiments.common import load_bundle, toy_case, variant
+    from experiments.evidence_peers import DiffusersPeer
+    config = variant(MSBDConfig.for_native_size(128), first_stage={"steps": 2, "batch": 1, "rerank": False})
+    bundle = load_bundle(ModelSpec(ckpt=None), variant(config, upscale={"mode": "bilinear"}))  # random toy weights
+    case = toy_case(0, 256, (0.2, 0.3))
+    out = DiffusersPeer(bundle).edit(case.image, case.mask.astype(np.float32), case.task.prompt, config, bundle)
+    assert out.shape == case.image.shape and out.dtype == np.uint8
+    assert np.array_equal(out[~case.mask], case.image[~case.mask])
+    assert np.abs(out[case.mask].astype(int) - case.image[case.mask]).mean() > 1
+
+
+@pytest.mark.slow
+def test_tiny_preset_end_to_end_on_the_toy_weights(tmp_path):
+    """The whole tiny preset through scripts/run.py's code path (about 1 minute on one core)."""
+    from experiments.common import ModelSpec as Spec
+    spec = Spec(ckpt="msbd/toy/weights/toy-ldm.safetensors", upscaler="msbd/toy/weights/toy-sr-x4.safetensors",
+                reranker="msbd/toy/weights/toy-clip.safetensors")
+    ctx = RunContext(out_dir=tmp_path, seed=0, model=spec, msbd=MSBDConfig.for_native_size(128), progress=False)
+    evidence.run(ctx, Params(preset="tiny"))
+    rows = load_rows(tmp_path / "rows.jsonl")
+    assert len(rows) == 8 and not any("error" in r for r in rows)
+    assert all(r["psnr_outside"] == math.inf for r in rows)
+    assert all(r.get("stage_counts") for r in rows if r["variant"].startswith("ours"))
+    assert (tmp_path / "claims.md").exists() and (tmp_path / "fig_baselines.png").exists()
+
+
+def test_the_experiment_config_composes_and_checks(tmp_path):
+    from _experiment_helpers import compose_experiment, run_script
+    from msbd.errors import InputError
+    cfg = compose_experiment(tmp_path, "evidence", "model=random")
+    _, params = run_script.check(cfg)
+    assert params.preset == "readme" and params.groups == ["main", "repaint", "seeds"]
+    with pytest.raises(InputError, match="evidence.preset"):
+        run_script.check(compose_experiment(tmp_path, "evidence", "model=random", "evidence.preset=huge"))
