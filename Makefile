@@ -48,5 +48,21 @@ eval-table: $(STAMP)
 	$(PY) scripts/run.py +experiment=eval hydra.run.dir=outputs/eval/readme $(EVAL_ARGS)
 	$(PY) scripts/readme_section.py RESULTS outputs/eval/readme/results.md
 
+# issue 21's claim table (docs/evidence.md). `make evidence` starts the readme preset in the background (about two
+# hours on 2 cores); run it again after a stop and it resumes (finished edits are skipped). EVIDENCE_PRESET=full
+# is the >= 40-task benchmark at 1 and 4 MP (days on a CPU). `make evidence-report` rebuilds claims.md, results.md
+# and the figures from the rows on disk, without editing.
+EVIDENCE_PRESET ?= readme
+EVIDENCE_DIR ?= outputs/evidence/$(EVIDENCE_PRESET)
+
+evidence: $(STAMP)
+	mkdir -p $(EVIDENCE_DIR)
+	nohup $(PY) scripts/run.py +experiment=evidence evidence.preset=$(EVIDENCE_PRESET) hydra.run.dir=$(EVIDENCE_DIR) \
+		>> $(EVIDENCE_DIR)/nohup.log 2>&1 &
+	@echo "running in the background: tail -f $(EVIDENCE_DIR)/nohup.log (one row per edit in $(EVIDENCE_DIR)/rows.jsonl)"
+
+evidence-report: $(STAMP)
+	$(PY) -m experiments.evidence_report $(EVIDENCE_DIR)
+
 clean-venv:
 	rm -rf $(VENV)

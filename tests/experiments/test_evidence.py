@@ -153,6 +153,7 @@ def test_tiny_preset_end_to_end_on_the_toy_weights(tmp_path):
 
 def test_the_experiment_config_composes_and_checks(tmp_path):
     from _experiment_helpers import compose_experiment, run_script
+
     from msbd.errors import InputError
     cfg = compose_experiment(tmp_path, "evidence", "model=random")
     _, params = run_script.check(cfg)
