@@ -3,7 +3,9 @@
 Formats, recognised from the content (not the suffix):
 * "ckpt-zip": torch.save's zip format (.ckpt/.pt/.pth, torch >= 1.6), and
 * "ckpt-legacy": the older torch.save stream; both are read with the restricted unpickler (no code runs);
-* "safetensors": a flat dict with the CompVis names;
+* "safetensors": a flat dict with the CompVis names; a file whose metadata holds `msbd_overlay_base` (a file name
+  in the same folder) is an overlay: the base is read first and the overlay's tensors replace or add to its own
+  (how the toy inpainting UNet ships its fine-tuned tensors only, within the toy weight budget);
 * "diffusers": a folder with unet/, vae/ and text_encoder/ (safetensors or .bin, possibly sharded), whose keys
   are mapped to ours by `ldm.convert` and given the CompVis prefixes, so every format yields the same dict.
 A CompVis `{"state_dict": {...}, ...}` checkpoint yields its state_dict; everything else in it is dropped.
@@ -17,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from ldm.checkpoint import unpickle
@@ -86,11 +89,23 @@ def _tensor_dict(obj: object, source: str) -> StateDict:
     return dict(obj)
 
 
-def _read_safetensors(path: str | os.PathLike) -> StateDict:
+OVERLAY_KEY = "msbd_overlay_base"
+
+
+def _read_safetensors(path: str | os.PathLike, _seen: tuple[str, ...] = ()) -> StateDict:
     try:
-        return load_file(os.fspath(path), device="cpu")
+        with safe_open(os.fspath(path), "pt") as f:
+            base = (f.metadata() or {}).get(OVERLAY_KEY)
+        state = load_file(os.fspath(path), device="cpu")
     except Exception as e:
         raise CheckpointError(f"{path}: cannot read as safetensors ({type(e).__name__}: {e})") from None
+    if base is None:
+        return state
+    base_path = Path(path).parent / base
+    if os.path.basename(base) != base or not base_path.is_file() or str(base_path) in _seen:
+        raise CheckpointError(f"{path} is an overlay on {base!r}, which must be another file in the same folder "
+                              f"({base_path} {'is part of a loop' if str(base_path) in _seen else 'not found'})")
+    return {**_read_safetensors(base_path, (*_seen, str(path))), **state}
 
 
 def _read_file(path: Path) -> StateDict:
