@@ -51,3 +51,71 @@ def grid_tiles_px(result: EditResult, config: MSBDConfig) -> list[Box]:
         if orig.height > 0 and orig.width > 0:
             out.append(orig)
     return out
+
+
+def prompt_colour(prompt: str) -> int | None:
+    """Palette index of the first toy colour word in the prompt (None if it names none)."""
+    from msbd.toy.scenes import COLOURS
+    words = prompt.lower().replace(",", " ").split()
+    return next((COLOURS.index(w) for w in words if w in COLOURS), None)
+
+
+def tile_check(image: np.ndarray, mask: np.ndarray, result: EditResult, config: MSBDConfig, prompt: str) -> dict:
+    """The issue's observation on any image (no toy task needed): steps between the grid tiles inside the mask
+    (with the control on the cells' centre lines) and blobs of the prompt's colour per tile cell, for the final
+    output and after every stage."""
+    from msbd.toy.analyser import specks_per_tile, tile_steps
+    tiles = [tuple(b) for b in grid_tiles_px(result, config)]
+    binary = np.asarray(mask) >= 0.5
+    if not tiles:
+        return {"tiles": 0}
+    step, tex, pairs = tile_steps(result.image, binary, tiles)
+    step_c, tex_c, _ = tile_steps(result.image, binary, tiles, control=True)
+    out = {"tiles": len(tiles), "pairs": pairs, "tile_step": step, "tile_step_ctrl": step_c,
+           "tile_texture_step": tex, "tile_texture_ctrl": tex_c}
+    colour = prompt_colour(prompt)
+    if colour is not None:
+        min_px = max(3, round(4 * min(binary.shape) ** 2 / 2**20))
+        out["blobs_per_stage"] = {}
+        for name, im in stage_images(image, binary, result, config):
+            blobs, busy, cells = specks_per_tile(im, binary, tiles, colour, min_px)
+            out["blobs_per_stage"][name] = {"blobs": blobs, "cells_with_blobs": busy, "mask_cells": cells}
+    return out
+
+
+def main(argv: list[str]) -> int:
+    """python -m experiments.evidence_stages IMAGE MASK PROMPT OUT.png [msbd overrides as key=value ...]
+
+    Edits with the toy models and their default settings (msbd/toy/weights; decoder optimisation, grid and all as
+    `+experiment=edit`), writes OUT.png and prints the tile measures as JSON."""
+    import json
+    import sys
+
+    from experiments.common import ModelSpec, load_bundle, variant
+    from msbd.cli_edit import edit
+    from msbd.io import load_image, load_mask
+    if len(argv) < 4:
+        print(main.__doc__, file=sys.stderr)
+        return 2
+    image_path, mask_path, prompt, out_path = argv[:4]
+    changes: dict = {}
+    for item in argv[4:]:                       # e.g. first_stage.steps=8
+        key, value = item.split("=", 1)
+        group, _, name = key.rpartition(".")
+        parsed = json.loads(value) if value[:1] in "-0123456789[{tf" else value
+        (changes.setdefault(group, {}) if group else changes)[name or key] = parsed
+    config = variant(MSBDConfig.for_native_size(128), **changes)
+    spec = ModelSpec(ckpt="msbd/toy/weights/toy-ldm.safetensors", upscaler="msbd/toy/weights/toy-sr-x4.safetensors",
+                     reranker="msbd/toy/weights/toy-clip.safetensors")
+    bundle = load_bundle(spec, config)
+    result = edit(image_path, mask_path, prompt, out_path, config, bundle)
+    image = load_image(image_path)
+    mask = load_mask(mask_path, image.shape[:2])
+    print(json.dumps({"seconds": round(result.timings["total"], 1),
+                      **tile_check(image, mask, result, config, prompt)}, indent=2, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(main(sys.argv[1:]))
