@@ -42,6 +42,7 @@ METRICS: dict[str, Callable[[dict], float]] = {
     "tile texture step": lambda r: _num(r, "tile_texture_step"),
     "blobs": lambda r: math.nan if r.get("blobs", -1) in (-1, None) else _num(r, "blobs"),
     "seconds": lambda r: _num(r, "seconds"),
+    "cpu seconds": lambda r: _num(r, "cpu_seconds"),
 }
 DIFF_METRICS = ("one object", "objects", "edge ratio", "seam", "halo colour", "tile step", "blobs")
 REFERENCE = {"main": OURS, "repaint": "r=5", "seeds": None}
