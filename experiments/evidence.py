@@ -223,8 +223,10 @@ def edit_one(case: ToyCase, v: EvidenceVariant, bundle, peer=None, tiles=None) -
         own_tiles = [tuple(b) for b in grid_tiles_px(result, v.config)]
         tiles = tiles or own_tiles
         row["tiles"] = own_tiles
-        row["stage_counts"] = {name: analyse_edit(im, case.mask, case.image, case.task).count
-                               for name, im in stage_images(case.image, case.mask, result, v.config)}
+        row["stage_counts"], row["stage_blobs"] = {}, {}
+        for name, im in stage_images(case.image, case.mask, result, v.config):
+            report = analyse_edit(im, case.mask, case.image, case.task, tiles=tiles or None)
+            row["stage_counts"][name], row["stage_blobs"][name] = report.count, report.blobs
         row["stage_seconds"] = {s.name: round(s.seconds, 2) for s in result.stages}
     row.update(analyse_edit(image, case.mask, case.image, case.task, tiles=tiles or None).to_dict())
     return image, row

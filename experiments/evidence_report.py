@@ -213,37 +213,33 @@ def differences_markdown(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def stage_position(name: str, names: list[str]) -> str:
-    if name == "first":
-        return "first"
-    return "grid" if name.endswith("(grid)") else ("last stage" if name == names[-1] else "intermediate")
+def _by_position(counts: dict) -> tuple[float, float, float]:
+    """(after the first stage, after the last stage before the final one, after the final stage)."""
+    values = list(counts.values())
+    return values[0], (values[1:-1] or values[:1])[-1], values[-1]
 
 
 def stage_counts_markdown(rows: list[dict]) -> str:
-    """Objects of the prompt's colour after every stage (issue 21 item 6), per MSBD variant of the main group."""
+    """Objects (the analyser's count) and blobs of the prompt's colour (specks included, with the grid's tiles)
+    after every stage (issue 21 item 6), per MSBD variant; where the count rose."""
     sel = [r for r in rows if r.get("stage_counts") and "error" not in r]
     if not sel:
         return ""
-    lines = ["#### Objects in the mask after every stage (MSBD variants; share of edits where the count rose there)",
-             "", "| variant | n | first | intermediate | grid / last | final | rose at: intermediate | grid / last |",
-             "|---|---|---|---|---|---|---|---|"]
-    for name in dict.fromkeys(r["variant"] for r in sel):
-        first, mid, last, final, rose_mid, rose_last = [], [], [], [], [], []
-        for r in (r for r in sel if r["variant"] == name):
-            counts = r["stage_counts"]
-            names = list(counts)
-            c_first = counts[names[0]]
-            mids = [counts[n] for n in names[1:-1]] or [c_first]
-            c_last = counts[names[-1]]
-            first.append(c_first)
-            mid.append(mids[-1])
-            last.append(c_last)
-            final.append(r["count"])
-            rose_mid.append(float(max(mids) > c_first))
-            rose_last.append(float(c_last > mids[-1]))
-        cells = [bootstrap_mean(v).fmt() for v in (first, mid, last, final)]
-        rates = [f"{np.mean(v):.2f}" for v in (rose_mid, rose_last)]
-        lines.append(f"| {name} | {len(first)} | " + " | ".join(cells + rates) + " |")
+    header = ("| group | variant | n | objects: first | before last | last | rose at last | blobs: first | before last "
+              "| last | rose at last |")
+    lines = ["#### Objects and blobs of the prompt's colour in the mask after every stage (MSBD variants)", "", header,
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for group, name in dict.fromkeys((r["group"], r["variant"]) for r in sel):
+        vr = [r for r in sel if r["variant"] == name and r["group"] == group]
+        cells = []
+        for key in ("stage_counts", "stage_blobs"):
+            pos = [_by_position(r[key]) for r in vr if r.get(key) and -1 not in r[key].values()]
+            if not pos:
+                cells += ["n/a"] * 4
+                continue
+            cols = list(zip(*pos))
+            cells += [bootstrap_mean(c).fmt() for c in cols] + [f"{np.mean([c > b for _, b, c in pos]):.2f}"]
+        lines.append(f"| {group} | {name} | {len(vr)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
