@@ -276,10 +276,9 @@ function syncScroll(from, to) {
   from.addEventListener("scroll", () => {
     to.scrollLeft = from.scrollLeft;
     to.scrollTop = from.scrollTop;
-    if (from.scrollWidth > from.clientWidth || from.scrollHeight > from.clientHeight) {
-      state.focus = { x: (from.scrollLeft + from.clientWidth / 2) / from.scrollWidth,
-                      y: (from.scrollTop + from.clientHeight / 2) / from.scrollHeight };
-    }
+    // the view's centre, on each axis the image overflows (elsewhere the pane shows all of it)
+    if (from.scrollWidth > from.clientWidth) state.focus.x = (from.scrollLeft + from.clientWidth / 2) / from.scrollWidth;
+    if (from.scrollHeight > from.clientHeight) state.focus.y = (from.scrollTop + from.clientHeight / 2) / from.scrollHeight;
   });
 }
 
