@@ -67,6 +67,7 @@ class EditJob:
     progress: Progress = field(default_factory=Progress)
     result: dict[str, Any] | None = None
     files: dict[str, Path] = field(default_factory=dict)   # name -> file the page may fetch
+    notes: list[str] = field(default_factory=list)         # warnings of the validation (a truncated prompt)
     cancel: threading.Event = field(default_factory=threading.Event)
     created: float = field(default_factory=time.time)
 

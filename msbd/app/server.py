@@ -19,6 +19,7 @@ import re
 import secrets
 import shutil
 import warnings
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,11 @@ def _friendly(err: InputError, *paths_names: tuple[Path, str]) -> str:
     return text
 
 
+def _scrub(text: str, out: Path, name: str = "(uploaded)") -> str:
+    """A warning's line with any path inside the app's folder replaced by `name`."""
+    return re.sub(r"\S*" + re.escape(str(out)) + r"\S*", name, " ".join(text.split()))
+
+
 def _png(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, "PNG", compress_level=1)
@@ -128,9 +134,14 @@ def create_app(settings: AppSettings) -> FastAPI:
     out = settings.out_dir.resolve()
     out.mkdir(parents=True, exist_ok=True)
     jobs = JobQueue(settings.bundle)
-    app = FastAPI(title="msbd", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        jobs.stop()                             # a running edit stops at its next UNet call
+
+    app = FastAPI(title="msbd", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.jobs, app.state.settings = jobs, settings
-    app.router.add_event_handler("shutdown", jobs.stop)
 
     async def body(request: Request) -> bytes:
         chunks, size = [], 0
@@ -189,7 +200,7 @@ def create_app(settings: AppSettings) -> FastAPI:
             return _error(_friendly(err, (path, repr(name))))
         upload_id = _new_id()
         staging.keep(out / "uploads" / upload_id)
-        notes = [_friendly(InputError(str(w.message)), (path, name)) for w in caught]
+        notes = [_scrub(str(w.message), out, repr(name)) for w in caught]
         return JSONResponse({"upload_id": upload_id, "height": image.shape[0], "width": image.shape[1],
                              "notes": notes})
 
@@ -251,7 +262,10 @@ def create_app(settings: AppSettings) -> FastAPI:
     def submit(form: dict) -> JSONResponse:
         staging = Staging(out)
         try:
-            job = _validated_job(form, staging, upload_folder, source_of, settings)
+            with warnings.catch_warnings(record=True) as caught:     # a truncated prompt, a transparent image
+                warnings.simplefilter("always")
+                job = _validated_job(form, staging, upload_folder, source_of, settings)
+            job.notes = [_scrub(str(w.message), out) for w in caught if issubclass(w.category, UserWarning)]
         except InputError as err:
             staging.drop()
             return _error(str(err))
@@ -268,7 +282,7 @@ def create_app(settings: AppSettings) -> FastAPI:
         ahead = jobs.ahead_of(job)
         message = job.message or (f"queued: {ahead} edit{'s' if ahead > 1 else ''} ahead of yours "
                                   f"(this server runs one edit at a time)" if ahead else "running")
-        return {"state": job.state, "message": message, "ahead": ahead,
+        return {"state": job.state, "message": message, "ahead": ahead, "notes": job.notes,
                 "progress": dataclasses.asdict(job.progress), "result": job.result}
 
     @app.post("/api/jobs/{job_id}/cancel")

@@ -108,3 +108,14 @@ def test_bad_command_line_is_one_error_line(tmp_path):
                                 env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert result.returncode == 2 and result.stderr.startswith("error:") and words in result.stderr, result
         assert result.stderr.count("\n") == 1 and not (tmp_path / "app").exists()
+
+
+def test_warnings_reach_the_page_without_the_apps_paths(app_server):
+    rgba = np.zeros((64, 64, 4), np.uint8)
+    rgba[..., 3] = 128
+    status, upload = app_server.request("/api/image?name=half.png", _png(rgba))
+    assert status == 200 and upload["notes"] == ["image 'half.png' has transparent pixels; compositing it over white"]
+    status, job = app_server.request("/api/edit", _edit_form(app_server, prompt="a red star " * 40))
+    app_server.request(f"/api/jobs/{job['job_id']}/cancel", b"")
+    assert status == 200 and len(job["notes"]) == 1 and "text encoder keeps the first 75" in job["notes"][0]
+    assert str(app_server.out) not in job["notes"][0]

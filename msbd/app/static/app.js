@@ -206,7 +206,7 @@ function show(job) {
   $("tile-row").hidden = p.tiles_total === 0;
   setBar($("tile-bar"), p.tiles_done, p.tiles_total);
   $("tile-label").textContent = `${p.tiles_done}/${p.tiles_total}`;
-  say(job.message, job.state === "error");
+  say([job.message, ...(job.notes || [])].join(" | "), job.state === "error");
   if (["done", "error", "cancelled"].includes(job.state)) stopPolling();
   if (job.state === "done") showResults(job.result);
 }
