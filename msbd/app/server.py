@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
@@ -129,47 +130,65 @@ def edit_config(base: MSBDConfig, form: dict) -> MSBDConfig:
                    decoder_opt={"enabled": _number(form, "decoder_opt", bool, base.decoder_opt.enabled)})
 
 
-def create_app(settings: AppSettings) -> FastAPI:
-    """The FastAPI app: the page (static files) and its JSON API over one `JobQueue`."""
-    out = settings.out_dir.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    jobs = JobQueue(settings.bundle)
+class _Context:
+    """What the routes share: the settings, the app's folder (resolved), the queue, and id -> folder lookups."""
 
-    @asynccontextmanager
-    async def lifespan(_: FastAPI):
-        yield
-        jobs.stop()                             # a running edit stops at its next UNet call
+    def __init__(self, settings: AppSettings) -> None:
+        self.settings, self.out = settings, settings.out_dir.resolve()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.jobs = JobQueue(settings.bundle)
 
-    app = FastAPI(title="msbd", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-    app.state.jobs, app.state.settings = jobs, settings
-
-    async def body(request: Request) -> bytes:
-        chunks, size = [], 0
+    async def body(self, request: Request) -> bytes:
+        """The request's body, refused past max_upload_bytes."""
+        chunks, size, limit = [], 0, self.settings.max_upload_bytes
         async for chunk in request.stream():
             size += len(chunk)
-            if size > settings.max_upload_bytes:
-                raise HTTPException(413, f"upload too large (limit {settings.max_upload_bytes // 2**20} MB)")
+            if size > limit:
+                raise HTTPException(413, f"upload too large (limit {limit // 2**20} MB)")
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def upload_folder(upload_id: str) -> Path:
-        folder = out / "uploads" / upload_id if ID.fullmatch(upload_id) else None
+    def upload_folder(self, upload_id: str) -> Path:
+        folder = self.out / "uploads" / upload_id if ID.fullmatch(upload_id) else None
         if folder is None or not folder.is_dir():
             raise HTTPException(404, "unknown image: upload it again")
         return folder
 
+    @staticmethod
     def source_of(folder: Path) -> Path:
         return next(p for p in sorted(folder.iterdir()) if p.stem == "source")
 
-    def job_of(job_id: str) -> EditJob:
-        job = jobs.jobs.get(job_id) if ID.fullmatch(job_id) else None
+    def job_of(self, job_id: str) -> EditJob:
+        job = self.jobs.jobs.get(job_id) if ID.fullmatch(job_id) else None
         if job is None:
             raise HTTPException(404, "unknown edit")
         return job
 
+    def new_upload(self, staging: Staging) -> str:
+        upload_id = _new_id()
+        staging.keep(self.out / "uploads" / upload_id)
+        return upload_id
+
+
+def create_app(settings: AppSettings) -> FastAPI:
+    """The FastAPI app: the page (static files) and its JSON API over one `JobQueue`."""
+    ctx = _Context(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        ctx.jobs.stop()                         # a running edit stops at its next UNet call
+
+    app = FastAPI(title="msbd", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.ctx = ctx
+
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, err: HTTPException) -> JSONResponse:
         return _error(str(err.detail), err.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_: Request, err: RequestValidationError) -> JSONResponse:
+        return _error("the request is not what the page sends (a JSON object of settings expected)")
 
     @app.get("/")
     def index() -> FileResponse:
@@ -184,11 +203,20 @@ def create_app(settings: AppSettings) -> FastAPI:
                              "repaint_steps": c.first_stage.repaint_steps, "fusion": c.grid.fusion,
                              "decoder_opt": c.decoder_opt.enabled}}
 
+    _upload_routes(app, ctx)
+    _job_routes(app, ctx)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def _upload_routes(app: FastAPI, ctx: _Context) -> None:
+    """The image (uploaded or a rendered toy scene), its preview, and checking an uploaded mask."""
+
     @app.post("/api/image")
     async def upload_image(request: Request, name: str = "image") -> JSONResponse:
-        data = await body(request)
+        data = await ctx.body(request)
         suffix = Path(name).suffix.lower()
-        staging = Staging(out)
+        staging = Staging(ctx.out)
         path = staging.path / f"source{suffix if suffix in IMAGE_SUFFIXES else ''}"
         path.write_bytes(data)
         try:
@@ -198,11 +226,9 @@ def create_app(settings: AppSettings) -> FastAPI:
         except InputError as err:
             staging.drop()
             return _error(_friendly(err, (path, repr(name))))
-        upload_id = _new_id()
-        staging.keep(out / "uploads" / upload_id)
-        notes = [_scrub(str(w.message), out, repr(name)) for w in caught]
-        return JSONResponse({"upload_id": upload_id, "height": image.shape[0], "width": image.shape[1],
-                             "notes": notes})
+        notes = [_scrub(str(w.message), ctx.out, repr(name)) for w in caught]
+        return JSONResponse({"upload_id": ctx.new_upload(staging), "height": image.shape[0],
+                             "width": image.shape[1], "notes": notes})
 
     @app.post("/api/toy-scene")
     def toy_scene(form: dict) -> JSONResponse:
@@ -214,11 +240,10 @@ def create_app(settings: AppSettings) -> FastAPI:
         except InputError as err:
             return _error(str(err))
         case = toy_case(task, size)
-        staging = Staging(out)
+        staging = Staging(ctx.out)
         Image.fromarray(case.image).save(staging.path / "source.png")
         (staging.path / "toy_mask.png").write_bytes(_mask_overlay(case.mask.astype(np.float32)))
-        upload_id = _new_id()
-        staging.keep(out / "uploads" / upload_id)
+        upload_id = ctx.new_upload(staging)
         return JSONResponse({"upload_id": upload_id, "height": size, "width": case.image.shape[1],
                              "prompt": case.task.prompt, "mask": f"/api/uploads/{upload_id}/toy_mask.png",
                              "notes": []})
@@ -226,17 +251,17 @@ def create_app(settings: AppSettings) -> FastAPI:
     @app.get("/api/uploads/{upload_id}/preview.png")
     def preview(upload_id: str) -> Response:
         """The image as the model sees it (8-bit RGB, EXIF-oriented): the canvas the mask is painted on."""
-        folder = upload_folder(upload_id)
+        folder = ctx.upload_folder(upload_id)
         path = folder / "preview.png"
         if not path.is_file():                  # made once: a 25 MP image takes seconds to decode and encode
             partial = folder / f"preview.{_new_id()}.part"
-            partial.write_bytes(_png(load_image(source_of(folder))))
+            partial.write_bytes(_png(load_image(ctx.source_of(folder))))
             partial.replace(path)
         return FileResponse(path, media_type="image/png")
 
     @app.get("/api/uploads/{upload_id}/toy_mask.png")
     def toy_mask(upload_id: str) -> FileResponse:
-        path = upload_folder(upload_id) / "toy_mask.png"
+        path = ctx.upload_folder(upload_id) / "toy_mask.png"
         if not path.is_file():
             raise HTTPException(404, "no mask for this image")
         return FileResponse(path, media_type="image/png")
@@ -244,13 +269,13 @@ def create_app(settings: AppSettings) -> FastAPI:
     @app.post("/api/uploads/{upload_id}/mask")
     async def upload_mask(upload_id: str, request: Request, name: str = "mask") -> Response:
         """Check an uploaded mask file against the image; returns it as the brush layer (nothing is kept)."""
-        folder = upload_folder(upload_id)
-        data = await body(request)
-        staging = Staging(out)
+        folder = ctx.upload_folder(upload_id)
+        data = await ctx.body(request)
+        staging = Staging(ctx.out)
         path = staging.path / "mask"
         path.write_bytes(data)
         try:
-            height, width = load_image(source_of(folder)).shape[:2]
+            height, width = load_image(ctx.source_of(folder)).shape[:2]
             mask = load_mask(path, (height, width))
         except InputError as err:
             return _error(_friendly(err, (path, repr(name))))
@@ -258,14 +283,18 @@ def create_app(settings: AppSettings) -> FastAPI:
             staging.drop()
         return Response(_mask_overlay(mask), media_type="image/png")
 
+
+def _job_routes(app: FastAPI, ctx: _Context) -> None:
+    """Submitting an edit, its state (queue place, progress, results), cancelling, and its published files."""
+
     @app.post("/api/edit")
     def submit(form: dict) -> JSONResponse:
-        staging = Staging(out)
+        staging = Staging(ctx.out)
         try:
             with warnings.catch_warnings(record=True) as caught:     # a truncated prompt, a transparent image
                 warnings.simplefilter("always")
-                job = _validated_job(form, staging, upload_folder, source_of, settings)
-            job.notes = [_scrub(str(w.message), out) for w in caught if issubclass(w.category, UserWarning)]
+                job = _validated_job(form, staging, ctx)
+            job.notes = [_scrub(str(w.message), ctx.out) for w in caught if issubclass(w.category, UserWarning)]
         except InputError as err:
             staging.drop()
             return _error(str(err))
@@ -273,13 +302,13 @@ def create_app(settings: AppSettings) -> FastAPI:
             staging.drop()
             raise
         staging.keep(job.folder)
-        jobs.submit(job)
+        ctx.jobs.submit(job)
         return JSONResponse({"job_id": job.id, **state(job.id)})
 
     @app.get("/api/jobs/{job_id}")
     def state(job_id: str) -> dict:
-        job = job_of(job_id)
-        ahead = jobs.ahead_of(job)
+        job = ctx.job_of(job_id)
+        ahead = ctx.jobs.ahead_of(job)
         message = job.message or (f"queued: {ahead} edit{'s' if ahead > 1 else ''} ahead of yours "
                                   f"(this server runs one edit at a time)" if ahead else "running")
         return {"state": job.state, "message": message, "ahead": ahead, "notes": job.notes,
@@ -287,31 +316,28 @@ def create_app(settings: AppSettings) -> FastAPI:
 
     @app.post("/api/jobs/{job_id}/cancel")
     def cancel(job_id: str) -> dict:
-        jobs.cancel(job_of(job_id))
+        ctx.jobs.cancel(ctx.job_of(job_id))
         return state(job_id)
 
     @app.get("/api/jobs/{job_id}/files/{name}")
     def job_file(job_id: str, name: str, download: bool = False) -> FileResponse:
-        job = job_of(job_id)
-        path = job.files.get(name)
+        path = ctx.job_of(job_id).files.get(name)           # only what the edit published: no path from the page
         if path is None or not path.is_file():
             raise HTTPException(404, "no such file for this edit")
         filename = f"msbd_{job_id[:8]}.png" if name == "output.png" else name
         return FileResponse(path, media_type="image/png", filename=filename if download else None,
                             content_disposition_type="attachment" if download else "inline")
 
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    return app
 
-
-def _validated_job(form: dict, staging: Staging, upload_folder, source_of, settings: AppSettings) -> EditJob:
+def _validated_job(form: dict, staging: Staging, ctx: _Context) -> EditJob:
     """An EditJob from the page's JSON, checked as the command line checks an edit (prepare_edit)."""
     if not isinstance(form.get("upload_id"), str):
         raise InputError("upload an image (or render a toy scene) first")
     try:
-        folder = upload_folder(form["upload_id"])
+        folder = ctx.upload_folder(form["upload_id"])
     except HTTPException as err:
         raise InputError(str(err.detail)) from None
+    source, settings = ctx.source_of(folder), ctx.settings
     try:
         mask_png = base64.b64decode(str(form.get("mask_png", "")).split(",")[-1], validate=True)
     except (binascii.Error, ValueError):
@@ -320,12 +346,12 @@ def _validated_job(form: dict, staging: Staging, upload_folder, source_of, setti
     mask_path.write_bytes(mask_png)
     config = edit_config(settings.config, form)
     job_id = _new_id()
-    final = staging.path.parent.parent / "jobs" / job_id
+    final = ctx.out / "jobs" / job_id
     try:
-        prompt, _, _, plan = prepare_edit(source_of(folder), mask_path, str(form.get("prompt", "")),
+        prompt, _, _, plan = prepare_edit(source, mask_path, str(form.get("prompt", "")),
                                           staging.path / "output.png", config, settings.bundle)
     except InputError as err:
         if str(err).startswith(f"mask {mask_path} is empty"):
             raise InputError("the mask is empty: paint over the region to edit (or upload a mask)") from None
-        raise InputError(_friendly(err, (mask_path, "(painted)"), (source_of(folder), "(uploaded)"))) from None
-    return EditJob(job_id, final, source_of(folder), final / "mask.png", prompt, config, plan)
+        raise InputError(_friendly(err, (mask_path, "(painted)"), (source, "(uploaded)"))) from None
+    return EditJob(job_id, final, source, final / "mask.png", prompt, config, plan)

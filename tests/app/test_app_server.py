@@ -74,6 +74,8 @@ def test_bad_settings_are_one_line_and_write_nothing(app_server):
     for key, (value, words) in cases.items():
         status, answer = app_server.request("/api/edit", {**form, key: value})
         assert status == 400 and words in answer["error"] and "\n" not in answer["error"], (key, answer)
+    status, answer = app_server.request("/api/edit", b"[1, 2]")
+    assert status == 400 and "a JSON object of settings expected" in answer["error"]
     status, answer = app_server.request("/api/toy-scene", {"task": 1, "size": 10})
     assert status == 400 and "size in 128..4096" in answer["error"]
     assert app_server.files() == before

@@ -277,8 +277,9 @@ function syncScroll(from, to) {
     to.scrollLeft = from.scrollLeft;
     to.scrollTop = from.scrollTop;
     // the view's centre, on each axis the image overflows (elsewhere the pane shows all of it)
-    if (from.scrollWidth > from.clientWidth) state.focus.x = (from.scrollLeft + from.clientWidth / 2) / from.scrollWidth;
-    if (from.scrollHeight > from.clientHeight) state.focus.y = (from.scrollTop + from.clientHeight / 2) / from.scrollHeight;
+    const { scrollLeft, scrollTop, scrollWidth, scrollHeight, clientWidth, clientHeight } = from;
+    if (scrollWidth > clientWidth) state.focus.x = (scrollLeft + clientWidth / 2) / scrollWidth;
+    if (scrollHeight > clientHeight) state.focus.y = (scrollTop + clientHeight / 2) / scrollHeight;
   });
 }
 
