@@ -45,7 +45,7 @@ class AppServer:
         return sorted(str(p.relative_to(self.out)) for p in self.out.rglob("*") if p.is_file())
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def app_server(tmp_path_factory) -> AppServer:
     out = tmp_path_factory.mktemp("app")
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
