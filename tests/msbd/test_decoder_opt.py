@@ -134,3 +134,21 @@ def test_border_region_uses_the_whole_stage_when_it_is_smaller():
     mask[10:30, 10:30] = True
     assert border_tiles(mask.numpy(), 32, 48) == [Box(0, 0, 48, 48)]   # 4 tiles of 32 > one 48 x 48
     assert border_tiles(torch.ones(48, 48, dtype=torch.bool).numpy(), 32, 48) == []   # no border at all
+
+
+def test_channels_last_is_a_layout_only():
+    """channels_last trains the same decoder (same losses and image up to float rounding) and leaves the decoder's
+    weights contiguous and unchanged afterwards."""
+    sample, ref, mask = _inputs()
+    results = {}
+    for layout in (False, True):
+        bundle = build_bundle("tiny-test", seed=0)
+        before = {k: v.clone() for k, v in bundle.vae.state_dict().items()}
+        cfg = DecoderOptConfig(iterations=5, lr=1e-3, channels_last=layout)
+        results[layout] = decoder_optimization(bundle, sample, ref, mask, cfg, max_edgelen=48)
+        after = bundle.vae.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before)
+        assert all(p.is_contiguous() for p in bundle.vae.decoder.parameters())
+    assert torch.allclose(torch.tensor(results[True].losses), torch.tensor(results[False].losses), rtol=1e-4)
+    assert (results[True].image - results[False].image).abs().max() < 1e-4
+    assert results[True].loss_after < results[True].loss_before
