@@ -293,3 +293,26 @@ def test_cli_inspect_names_the_family_and_what_to_pass(refs, tmp_path, capsys):
     assert main(["inspect", str(path), "--config", "tiny-test"]) == 0        # an SD 1.x-layout config: mismatch
     out = capsys.readouterr().out
     assert "likely an SD 2.x file given to a non-SD config (pass config 'sd-v2'" in out
+
+
+# --- full size (slow: ~1.7 G parameters in fp32 on the CPU) ----------------------------------------------------
+
+@pytest.mark.slow
+def test_full_size_sd2_unet_matches_diffusers(tmp_path):
+    from test_unet import _compare
+    assert _compare(get_preset("sd-v2").unet, tmp_path, x_shape=(1, 4, 32, 32), context_len=77) <= REL_TOL
+
+
+@pytest.mark.slow
+def test_full_size_sd2_text_encoder_matches_transformers(tmp_path):
+    c = get_preset("sd-v2").text
+    torch.manual_seed(0)
+    ref = _perturb(transformers.CLIPTextModel(transformers.CLIPTextConfig(
+        vocab_size=c.vocab_size, max_position_embeddings=c.max_position_embeddings, hidden_size=c.hidden_size,
+        intermediate_size=c.intermediate_size, num_hidden_layers=c.layers_run, num_attention_heads=c.num_attention_heads,
+        hidden_act="gelu", attn_implementation="eager")))
+    ref.save_pretrained(tmp_path / "text_encoder", safe_serialization=True)
+    ours = load_models(tmp_path, "sd-v2", components=("text",)).text_encoder
+    ids = torch.randint(0, 49406, (1, 77))
+    with torch.inference_mode():
+        assert _rel_err(ours(ids), ref(ids).last_hidden_state) <= REL_TOL
