@@ -232,21 +232,21 @@ def _upload_routes(app: FastAPI, ctx: _Context) -> None:
 
     @app.post("/api/toy-scene")
     def toy_scene(form: dict) -> JSONResponse:
-        from experiments.common import toy_case
+        from msbd.toy.data import HELDOUT_SEEDS
+        from msbd.toy.scenes import random_edit_task, render, render_mask
         try:
             task, size = _number(form, "task", int, 3), _number(form, "size", int, 512)
             if not 0 <= task < 10**6 or not TOY_SIZES[0] <= size <= TOY_SIZES[1]:
                 raise InputError(f"toy scene: task must be in 0..999999 and size in {TOY_SIZES[0]}..{TOY_SIZES[1]}")
         except InputError as err:
             return _error(str(err))
-        case = toy_case(task, size)
+        edit_task = random_edit_task(HELDOUT_SEEDS[task])      # the held-out tasks of make demo and the benchmark
         staging = Staging(ctx.out)
-        Image.fromarray(case.image).save(staging.path / "source.png")
-        (staging.path / "toy_mask.png").write_bytes(_mask_overlay(case.mask.astype(np.float32)))
+        Image.fromarray(np.asarray(render(edit_task.source, size, size))).save(staging.path / "source.png")
+        (staging.path / "toy_mask.png").write_bytes(_mask_overlay(render_mask(edit_task, size, size)))
         upload_id = ctx.new_upload(staging)
-        return JSONResponse({"upload_id": upload_id, "height": size, "width": case.image.shape[1],
-                             "prompt": case.task.prompt, "mask": f"/api/uploads/{upload_id}/toy_mask.png",
-                             "notes": []})
+        return JSONResponse({"upload_id": upload_id, "height": size, "width": size, "prompt": edit_task.prompt,
+                             "mask": f"/api/uploads/{upload_id}/toy_mask.png", "notes": []})
 
     @app.get("/api/uploads/{upload_id}/preview.png")
     def preview(upload_id: str) -> Response:
