@@ -116,4 +116,32 @@ def test_bad_upload_and_bad_setting_show_one_message_and_write_nothing(page, app
     page.click("#mask-clear")
     page.click("#run")
     playwright.expect(message).to_contain_text("the mask is empty")
+    # a good mask file becomes the brush layer (and is not kept)
+    square = np.zeros((256, 256), np.uint8)
+    square[64:128, 100:164] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(square).save(buffer, "PNG")
+    page.set_input_files("#mask-file", files=[{"name": "square.png", "mimeType": "image/png",
+                                               "buffer": buffer.getvalue()}])
+    playwright.expect(page.locator("#message")).to_have_text("mask loaded: paint or erase to change it")
+    assert _painted_pixels(page) == 64 * 64
     assert app_server.files() == before
+
+
+def test_cancel_button_stops_the_run(page, app_server, tmp_path):
+    path, _ = _input_png(tmp_path)
+    page.set_input_files("#image-file", path)
+    playwright.expect(page.locator("#message")).to_have_text("image loaded")
+    box = page.locator("#mask-canvas").bounding_box()
+    page.check("input[value=brush]")
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.fill("#prompt", "a blue circle")
+    page.fill("#batch", "5")
+    page.fill("#repaint_steps", "100")            # 203 UNet calls: long enough to cancel
+    page.click("#run")
+    playwright.expect(page.locator("#step-label")).to_contain_text("/203")
+    page.click("#cancel")
+    playwright.expect(page.locator("#message")).to_have_text("cancelled; nothing was written")
+    assert page.is_enabled("#run") and not page.is_enabled("#cancel")
+    done = int(page.inner_text("#step-label").split("/")[0])
+    assert done < 203
