@@ -316,3 +316,12 @@ def test_full_size_sd2_text_encoder_matches_transformers(tmp_path):
     ids = torch.randint(0, 49406, (1, 77))
     with torch.inference_mode():
         assert _rel_err(ours(ids), ref(ids).last_hidden_state) <= REL_TOL
+
+
+def test_sd2_token_ids_are_open_clips():
+    """SD 2.x tokenises with open_clip.tokenize: BOS, tokens, EOS, then 0 (not EOS as SD 1.x)."""
+    from ldm.models.tokenizer import CLIPTokenizer
+    prompts = ["a red star", "A photo of  Two CATS, on a sofa!", "x " * 100]
+    with pytest.warns(UserWarning, match="truncated"):                      # the third prompt
+        ours = CLIPTokenizer(pad_token_id=get_preset("sd-v2").text.pad_token_id)(prompts)
+    assert torch.equal(ours, open_clip.tokenize(prompts))
