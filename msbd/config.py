@@ -81,7 +81,8 @@ class DecoderOptConfig:
     skip_empty_tiles: bool = True   # only tiles holding mask pixels (False: every tile, as the reference)
     region: str = "border"          # border: optimise and re-decode only the tiles holding the mask border (the
     #                                 rest of the mask keeps the stage output); full: the whole stage (reference)
-    autocast_bf16: bool = False     # run the decoder's forward/backward under bf16 autocast (fp32 weights and Adam)
+    autocast_bf16: bool = True      # the decoder's forward/backward under bf16 autocast (fp32 weights and Adam) where
+    #                                 the device has bf16 (CPU, CUDA >= 8.0; fp32 elsewhere); false = the reference
     channels_last: bool = True      # train the decoder in the NHWC layout (same maths; faster convolutions)
     max_steps: int = 200            # at most this many Adam steps per stage (0 = no cap: iterations x tiles/2, the
     #                                 reference); binds only on grid stages, whose tiles each make half a step per epoch

@@ -144,7 +144,7 @@ def test_channels_last_is_a_layout_only():
     for layout in (False, True):
         bundle = build_bundle("tiny-test", seed=0)
         before = {k: v.clone() for k, v in bundle.vae.state_dict().items()}
-        cfg = DecoderOptConfig(iterations=5, lr=1e-3, channels_last=layout)
+        cfg = DecoderOptConfig(iterations=5, lr=1e-3, channels_last=layout, autocast_bf16=False)
         results[layout] = decoder_optimization(bundle, sample, ref, mask, cfg, max_edgelen=48)
         after = bundle.vae.state_dict()
         assert all(torch.equal(before[k], after[k]) for k in before)
@@ -152,3 +152,23 @@ def test_channels_last_is_a_layout_only():
     assert torch.allclose(torch.tensor(results[True].losses), torch.tensor(results[False].losses), rtol=1e-4)
     assert (results[True].image - results[False].image).abs().max() < 1e-4
     assert results[True].loss_after < results[True].loss_before
+
+
+def test_bf16_autocast_where_the_device_has_it(monkeypatch):
+    """autocast_bf16 (default) runs the decoder in bf16 on the CPU (the losses differ from fp32, the image stays
+    close); on CUDA it follows the card's bf16 support, elsewhere fp32."""
+    from msbd import decoder_opt
+    sample, ref, mask = _inputs()
+    out = {}
+    for bf16 in (False, True):
+        bundle = build_bundle("tiny-test", seed=0)
+        out[bf16] = decoder_optimization(bundle, sample, ref, mask,
+                                         DecoderOptConfig(iterations=5, lr=1e-3, autocast_bf16=bf16), max_edgelen=48)
+    assert DecoderOptConfig().autocast_bf16
+    assert out[True].losses != out[False].losses
+    assert (out[True].image - out[False].image).abs().mean() < 0.02
+    assert decoder_opt.bf16_autocast_supported(torch.device("cpu"))
+    assert not decoder_opt.bf16_autocast_supported(torch.device("mps"))
+    for supported in (False, True):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True, s=supported: s)
+        assert decoder_opt.bf16_autocast_supported(torch.device("cuda")) is supported
