@@ -311,13 +311,14 @@ def _png_info(text_chunks: Mapping[str, object]) -> PngImagePlugin.PngInfo:
 def save_png_atomic(image: np.ndarray | Image.Image, path: PathLike,
                     text_chunks: Mapping[str, object] | None = None, protected: Iterable[PathLike] = (),
                     allow_lossy: bool = False, quality: int = 95, icc_profile: bytes | None = None,
-                    exif: bytes | None = None) -> Path:
+                    exif: bytes | None = None, compress_level: int = 6) -> Path:
     """Write an image atomically: temp file in the same directory, fsync, os.replace.
 
     image: a PIL image or [H, W] / [H, W, C] uint8 (C = 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA), or uint16 of the
     same layouts (PNG only, 16 bits per sample). protected: input paths that must never be overwritten.
     text_chunks go to PNG tEXt/iTXt chunks (to a JSON comment for JPEG; dropped for WebP); icc_profile and exif
-    are embedded when given. Lossy extensions are refused unless allow_lossy=True. On any error the temp file is
+    are embedded when given; compress_level is zlib's for 8-bit PNG (6, Pillow's default; 1 writes a 6 MP image
+    ~3x faster, a little larger). Lossy extensions are refused unless allow_lossy=True. On any error the temp file is
     removed and an existing file at `path` is left untouched.
     """
     path = Path(path)
@@ -338,7 +339,8 @@ def save_png_atomic(image: np.ndarray | Image.Image, path: PathLike,
         pil = Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[2] == 1 else array)
     extra = {k: v for k, v in (("icc_profile", icc_profile), ("exif", exif)) if v}
     if ext == ".png":
-        kwargs: dict = {"format": "PNG", "pnginfo": _png_info(text_chunks), **extra}
+        kwargs: dict = {"format": "PNG", "pnginfo": _png_info(text_chunks), "compress_level": compress_level,
+                        **extra}
     elif ext == ".webp":
         kwargs = {"format": "WEBP", "quality": quality, **extra}
     else:

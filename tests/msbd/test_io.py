@@ -215,3 +215,13 @@ def test_png_info_rejects_bad_keys():
     with pytest.raises(ValueError):
         msbd_io._png_info({"": "x"})
     assert isinstance(msbd_io._png_info({"k": "v"}), PngImagePlugin.PngInfo)
+
+
+def test_png_compress_level_changes_the_file_not_the_pixels(tmp_path):
+    from msbd.io import load_image, save_png_atomic
+    rng = np.random.default_rng(0)
+    image = (np.cumsum(rng.integers(0, 3, (96, 128, 3)), axis=1) % 256).astype(np.uint8)   # compressible
+    fast, small = save_png_atomic(image, tmp_path / "fast.png", compress_level=1), \
+        save_png_atomic(image, tmp_path / "small.png", compress_level=9)
+    assert np.array_equal(load_image(fast), image) and np.array_equal(load_image(small), image)
+    assert fast.stat().st_size > small.stat().st_size
