@@ -7,12 +7,11 @@ update the progress and raise `Cancelled` when the page asked to stop (between t
 """
 from __future__ import annotations
 
-import dataclasses
+import itertools
 import queue
 import re
 import shutil
 import threading
-import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from msbd.models import ModelBundle
 from msbd.pipeline import EditResult, _ceil64
 
 TILES = re.compile(r"tiles (\d+)-(\d+)/(\d+)")
+_ORDER = itertools.count()
 
 
 class Cancelled(Exception):
@@ -48,7 +48,7 @@ class Progress:
     n_stages: int = 1               # first stage + the upscaling ladder
     stage_name: str = ""
     steps_done: int = 0             # UNet calls in the current stage (or grid chunk)
-    steps_total: int = 0            # expected calls (0 = unknown: latent fusion's tiles per step)
+    steps_total: int = 0            # expected calls (latent fusion runs past it: a call per tile chunk a step)
     tiles_done: int = 0
     tiles_total: int = 0
 
@@ -69,7 +69,7 @@ class EditJob:
     files: dict[str, Path] = field(default_factory=dict)   # name -> file the page may fetch
     notes: list[str] = field(default_factory=list)         # warnings of the validation (a truncated prompt)
     cancel: threading.Event = field(default_factory=threading.Event)
-    created: float = field(default_factory=time.time)
+    order: int = field(default_factory=lambda: next(_ORDER))    # submission order (the queue's)
 
     @property
     def output_path(self) -> Path:
@@ -105,7 +105,7 @@ class JobQueue:
         if job.state != "queued":
             return 0
         with self.lock:
-            waiting = [j for j in self.jobs.values() if j.state == "queued" and j.created < job.created]
+            waiting = [j for j in self.jobs.values() if j.state == "queued" and j.order < job.order]
             return len(waiting) + (self.running is not None)
 
     def cancel(self, job: EditJob) -> None:
@@ -150,8 +150,7 @@ class JobQueue:
             shutil.rmtree(job.folder / "intermediates", ignore_errors=True)
 
     def _run(self, job: EditJob) -> None:
-        names, prog = job.stage_names(), job.progress
-        config = dataclasses.replace(job.config)
+        names, prog, config = job.stage_names(), job.progress, job.config
 
         def on_stage(name: str) -> None:
             # "first", "stage2", "stage2: tiles 1-4/9", "stage2: decoder optimisation", "paste"
