@@ -42,11 +42,11 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def load(overrides: list[str]):
-    """(settings, model name) from the overrides: composed and checked as scripts/run.py does, models loaded."""
+    """AppSettings from the overrides: composed and checked as scripts/run.py does, the models loaded."""
+    import run  # scripts/run.py: the schema (ConfigStore) and its checks
     import torch
     from hydra import compose, initialize_config_dir
 
-    import run  # scripts/run.py: the schema (ConfigStore) and its checks
     from experiments.common import load_bundle
     from msbd.app import AppSettings
     try:
