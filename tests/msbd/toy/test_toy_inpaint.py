@@ -1,0 +1,76 @@
+"""The toy inpainting UNet: the fine-tune's building blocks, and the shipped overlay (loads as an inpainting bundle
+on top of the toy UNet, within the 30 MB weight budget, and edits keep every pixel outside the mask)."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from ldm.checkpoint import load_models
+from ldm.config import LDMConfig
+from msbd.toy import presets
+from msbd.toy.train_inpaint import KINDS, TRAINED_PREFIXES, inpaint_unet_from, is_trained, make_sample, random_mask
+
+OVERLAY = os.path.join(presets.WEIGHTS_DIR, "toy-inpaint-unet.safetensors")
+BUDGET_BYTES = 30_000_000                    # msbd/toy/weights holds at most 30 MB (README)
+
+
+def _config() -> LDMConfig:
+    with open(presets.LDM_CONFIG) as f:
+        return LDMConfig.from_dict(json.load(f))
+
+
+def test_conv_in_widened_with_zero_channels():
+    w = torch.randn(32, 4, 3, 3)
+    state = inpaint_unet_from({"input_blocks.0.0.weight": w, "out.2.bias": torch.ones(4)})
+    assert state["input_blocks.0.0.weight"].shape == (32, 9, 3, 3)
+    assert torch.equal(state["input_blocks.0.0.weight"][:, :4], w) and state["input_blocks.0.0.weight"][:, 4:].abs().max() == 0
+    assert is_trained("input_blocks.0.0.weight") and not is_trained("middle_block.0.in_layers.2.weight")
+
+
+def test_training_samples_and_masks():
+    rng = np.random.default_rng(0)
+    masks = [random_mask(rng, 64) for _ in range(30)]
+    assert all(m.dtype == bool and m.shape == (64, 64) for m in masks)
+    assert 0 < np.mean([m.mean() for m in masks]) < 0.6
+    kinds = {make_sample(seed, 64)[3] for seed in range(700_000, 700_030)}
+    assert kinds == set(KINDS)
+    image, mask, caption, kind = make_sample(700_000, 64)
+    assert image.shape == (64, 64, 3) and mask.any() and caption
+    assert mask.all() == (kind == "full")
+
+
+@pytest.mark.skipif(not os.path.isfile(OVERLAY), reason="toy-inpaint-unet.safetensors not shipped")
+def test_shipped_overlay_loads_as_an_inpainting_unet_on_the_toy_unet():
+    with safe_open(OVERLAY, "pt") as f:
+        assert f.metadata()["msbd_overlay_base"] == os.path.basename(presets.LDM_WEIGHTS)
+        names = list(f.keys())
+        assert all(n.removeprefix("model.diffusion_model.").startswith(TRAINED_PREFIXES) for n in names)
+    base = load_models(presets.LDM_WEIGHTS, _config(), components=("unet",)).unet
+    models = load_models(OVERLAY, _config(), components=("unet",))
+    assert models.config.inpainting and models.unet.config.in_channels == 9
+    conv_in = models.unet.input_blocks[0][0].weight
+    assert conv_in[:, 4:].abs().max() > 0                                    # the new channels were trained
+    torch.testing.assert_close(models.unet.middle_block[1].proj_in.weight, base.middle_block[1].proj_in.weight,
+                               rtol=0, atol=0)                               # frozen layers come from the base
+    size = sum(os.path.getsize(os.path.join(presets.WEIGHTS_DIR, f)) for f in os.listdir(presets.WEIGHTS_DIR))
+    assert size <= BUDGET_BYTES, size
+
+
+@pytest.mark.skipif(not os.path.isfile(OVERLAY), reason="toy-inpaint-unet.safetensors not shipped")
+def test_shipped_overlay_edits_inside_the_mask_only():
+    from msbd.config import MSBDConfig
+    from msbd.models import build_bundle
+    from msbd.pipeline import run_msbd
+    from msbd.toy.scenes import random_edit_task, render, render_mask
+    bundle = build_bundle(_config(), OVERLAY)
+    assert bundle.inpainting
+    task = random_edit_task(10**6 + 3)
+    image, mask = np.asarray(render(task.source, 128)), render_mask(task, 128)
+    cfg = MSBDConfig.for_native_size(128, progress=False)
+    cfg.first_stage.steps, cfg.first_stage.batch, cfg.first_stage.rerank = 8, 1, False
+    cfg.decoder_opt.enabled, cfg.margin = False, 1.0
+    out = run_msbd(image, mask.astype(np.float32), task.prompt, cfg, bundle).image
+    assert np.array_equal(out[~mask], image[~mask]) and not np.array_equal(out[mask], image[mask])
