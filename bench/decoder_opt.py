@@ -29,15 +29,18 @@ from experiments.common import ModelSpec, analyse, load_bundle, toy_case  # noqa
 from msbd.config import MSBDConfig, replace  # noqa: E402
 from msbd.pipeline import run_msbd  # noqa: E402
 
-# full: the reference (whole stage, iterations x tiles/2 Adam steps); border: the default (border tiles, <= 200
-# steps); border_uncapped: border tiles, no cap; off: no decoder optimisation; border_bf16: border under bf16 autocast;
-# full_all_tiles: the reference with the background-only tiles optimised too (skip_empty_tiles=false);
+# full: the reference (whole stage, iterations x tiles/2 Adam steps, fp32); border: border tiles, <= 200 steps,
+# fp32; default: the current defaults (border, <= 200 steps, bf16 autocast, channels_last); border_uncapped:
+# border tiles, no cap; off: no decoder optimisation; border_bf16: border under bf16 autocast; full_all_tiles: the reference with the background-only tiles optimised too (skip_empty_tiles=false);
 # border_100 / border_50: border tiles, <= 100 / 50 steps
-VARIANTS = {"full": {"region": "full", "max_steps": 0}, "border": {"region": "border", "max_steps": 200},
-            "border_uncapped": {"region": "border", "max_steps": 0}, "off": {"enabled": False},
+VARIANTS = {"full": {"region": "full", "max_steps": 0, "autocast_bf16": False},
+            "border": {"region": "border", "max_steps": 200, "autocast_bf16": False},
+            "default": {},
+            "border_uncapped": {"region": "border", "max_steps": 0, "autocast_bf16": False}, "off": {"enabled": False},
             "border_bf16": {"region": "border", "max_steps": 200, "autocast_bf16": True},
-            "full_all_tiles": {"region": "full", "max_steps": 0, "skip_empty_tiles": False},
-            "border_100": {"region": "border", "max_steps": 100}, "border_50": {"region": "border", "max_steps": 50}}
+            "full_all_tiles": {"region": "full", "max_steps": 0, "skip_empty_tiles": False, "autocast_bf16": False},
+            "border_100": {"region": "border", "max_steps": 100, "autocast_bf16": False},
+            "border_50": {"region": "border", "max_steps": 50, "autocast_bf16": False}}
 
 
 def psnr(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float:
