@@ -31,7 +31,8 @@ from msbd.pipeline import run_msbd  # noqa: E402
 
 # full: the reference (whole stage, iterations x tiles/2 Adam steps, fp32); border: border tiles, <= 200 steps,
 # fp32; default: the current defaults (border, <= 200 steps, bf16 autocast, channels_last); border_uncapped:
-# border tiles, no cap; off: no decoder optimisation; border_bf16: border under bf16 autocast; full_all_tiles: the reference with the background-only tiles optimised too (skip_empty_tiles=false);
+# border tiles, no cap; off: no decoder optimisation; border_bf16: border under bf16 autocast; full_all_tiles:
+# the reference with the background-only tiles optimised too (skip_empty_tiles=false);
 # border_100 / border_50: border tiles, <= 100 / 50 steps
 VARIANTS = {"full": {"region": "full", "max_steps": 0, "autocast_bf16": False},
             "border": {"region": "border", "max_steps": 200, "autocast_bf16": False},
