@@ -85,7 +85,7 @@ def test_claim_verdicts_on_constructed_rows(tmp_path):
     assert verdicts["C1 naive one object"] == "supported"
     assert verdicts["C1 segmented one object"] == "not supported"
     assert verdicts["C2 a bilinear, no diffusion edge ratio"] == "reversed"
-    assert verdicts["C5 no decoder opt seam"] == "no data"
+    assert verdicts["C5 ours (alpha) seam"] == "no data"              # neither decoder-optimisation variant ran
     saved = json.loads((tmp_path / "claims.json").read_text())
     c1 = saved["claims"][0]
     assert c1["n"] == 2 * n and c1["effect"] == pytest.approx(-30 / n) and c1["p_holm"] < 1e-6
@@ -160,3 +160,15 @@ def test_the_experiment_config_composes_and_checks(tmp_path):
     assert params.preset == "readme" and params.groups == ["main", "repaint", "seeds"]
     with pytest.raises(InputError, match="evidence.preset"):
         run_script.check(compose_experiment(tmp_path, "evidence", "model=random", "evidence.preset=huge"))
+
+
+def test_c5_pairs_the_decoder_optimisation_variants_of_either_preset():
+    c5 = next(c for c in evidence_report.CLAIMS if c.id == "C5")
+    seams = {evidence.OURS: [2.0] * 12, evidence.WITH_DECODER_OPT: [1.0] * 12, "no decoder opt": [3.0] * 12}
+    readme = _rows(evidence.OURS, "main", seams[evidence.OURS], metric_key="seam") + _rows(
+        evidence.WITH_DECODER_OPT, "main", seams[evidence.WITH_DECODER_OPT], metric_key="seam")
+    full = _rows(evidence.OURS, "main", seams[evidence.OURS], metric_key="seam") + _rows(
+        "no decoder opt", "main", seams["no decoder opt"], metric_key="seam")
+    assert evidence_report.paired(readme, c5) == ([1.0] * 12, [2.0] * 12)   # ours + decoder opt vs ours (off)
+    assert evidence_report.paired(full, c5) == ([2.0] * 12, [3.0] * 12)     # ours (on) vs no decoder opt
+    assert [r["verdict"] for r in evidence_report.evaluate(readme, [c5])] == ["supported"]
