@@ -243,6 +243,10 @@ def run(ctx: RunContext, p: Params) -> dict:
     base = variant(ctx.msbd, **PRESET_SETTINGS[p.preset])
     rows_path = ctx.path(ROWS)
     end_line(rows_path)
+    other = {r.get("preset") for r in load_rows(rows_path)} - {p.preset}
+    if other:
+        raise InputError(f"{rows_path} holds rows of preset {sorted(map(str, other))}, not {p.preset!r}: "
+                         f"give each preset its own folder (hydra.run.dir)")
     done = {row_key(r) for r in load_rows(rows_path)}
     tiles_of = {case_key(r["group"], r["task"], r["size"], r["mask"], r["seed"]): r.get("tiles")
                 for r in load_rows(rows_path) if r["variant"] == OURS and r.get("tiles")}

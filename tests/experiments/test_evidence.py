@@ -13,6 +13,7 @@ from experiments import evidence, evidence_report
 from experiments.common import ModelSpec, RunContext
 from experiments.evidence import PRESETS, Params, load_rows, plan
 from msbd.config import MSBDConfig
+from msbd.errors import InputError
 
 
 def _ctx(tmp_path):
@@ -61,6 +62,8 @@ def test_a_stopped_run_resumes_where_it_stopped_and_pairs_every_variant(tmp_path
         assert all(c == cases[0] for c in cases)
     evidence.run(ctx, Params(preset="tiny", report=False))  # complete: nothing new
     assert len(load_rows(tmp_path / "rows.jsonl")) == total
+    with pytest.raises(InputError, match="preset"):         # another preset's rows are not mixed in
+        evidence.run(ctx, Params(preset="readme", report=False))
 
 
 def _rows(variant, group, values, size=512, metric_key="count", seed_of=lambda t: 0, **extra):
