@@ -51,7 +51,7 @@ eval-table: $(STAMP)
 # issue 21's claim table (docs/evidence.md). `make evidence` starts the readme preset in the background (about two
 # hours on 2 cores); run it again after a stop and it resumes (finished edits are skipped). EVIDENCE_PRESET=full
 # is the >= 40-task benchmark at 1 and 4 MP (days on a CPU). `make evidence-report` rebuilds claims.md, results.md
-# and the figures from the rows on disk, without editing.
+# and the figures from the rows on disk, without editing, and puts claims.md into README's CLAIMS section if it has one.
 EVIDENCE_PRESET ?= readme
 EVIDENCE_DIR ?= outputs/evidence/$(EVIDENCE_PRESET)
 
@@ -63,6 +63,7 @@ evidence: $(STAMP)
 
 evidence-report: $(STAMP)
 	$(PY) -m experiments.evidence_report $(EVIDENCE_DIR)
+	if grep -q "<!-- CLAIMS:BEGIN -->" README.md; then $(PY) scripts/readme_section.py CLAIMS $(EVIDENCE_DIR)/claims.md; fi
 
 clean-venv:
 	rm -rf $(VENV)
