@@ -4,6 +4,7 @@
 * `claims.md` (the README block) and `claims.json`: one row per claim comparison, C1..C6, the two rows beyond the
   paper and the peers: the measured effect (mean paired difference other - ours), its 95% bootstrap interval, the
   paired test, the Holm-adjusted p over the claim table and the verdict (`experiments.stats.verdict`);
+* `rows.csv`: the rows as a table;
 * `results.md`: the claim table, the issue's bars at 4 MP (when the rows hold 4 MP edits), per group and variant
   every metric's mean with its 95% bootstrap interval, every variant's paired difference from the group's
   reference (Holm across that table) and the object counts after every stage (issue 21 item 6);
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments.common import write_csv
 from experiments.evidence import (
     MASKS,
     OURS,
@@ -338,6 +340,7 @@ def build_report(out_dir: Path | str) -> dict:
                   f"ours' one-object rate at 4 MP: {ours4.fmt()} (bar: >= 0.80)\n"]
     parts += [means_markdown(rows), differences_markdown(differences(rows)), stage_counts_markdown(rows)]
     (out_dir / "results.md").write_text("\n".join(parts))
+    write_csv(rows, out_dir / "rows.csv")
     figures(out_dir, rows)
     return {f"{r['id']} {r['other']} {r['metric']}": r["verdict"] for r in claims}
 
