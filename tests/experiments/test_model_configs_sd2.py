@@ -57,3 +57,10 @@ def test_checkpoint_of_another_family_is_one_line(tmp_path, tensors, model, inpa
         load_bundle(spec, msbd)
     message = str(info.value)
     assert expected in message and "\n" not in message
+
+
+def test_toy_inpaint_model_config_is_the_toy_one_with_the_overlay(tmp_path):
+    toy = compose_experiment(tmp_path, "demo", "model=toy")
+    cfg = compose_experiment(tmp_path, "demo", "model=toy-inpaint")
+    assert cfg.model.ckpt.endswith("toy-inpaint-unet.safetensors") and cfg.model.inpainting is True
+    assert cfg.msbd == toy.msbd and cfg.model.ldm_config == toy.model.ldm_config == "toy"
