@@ -38,15 +38,15 @@ quality: $(STAMP)
 	$(PY) scripts/run.py +experiment=toy_quality toy_quality.update_card=true hydra.run.dir=outputs/toy_quality/latest
 	$(PY) scripts/readme_section.py QUALITY outputs/toy_quality/latest/results.md
 
-# regenerate the README's results table from the eval experiment
-# The README's table is a reduced run (n = 2 per variant, 1 MP, large masks: ~20 min on 2 cores);
+# regenerate the first benchmark table (docs/BENCHMARKS.md) from the eval experiment
+# That table is a reduced run (n = 2 per variant, 1 MP, large masks: ~20 min on 2 cores);
 # `make eval-table EVAL_ARGS=` runs the full default benchmark (1-16 MP, both masks: many hours on a CPU).
 EVAL_ARGS ?= eval.tasks=[0,1] eval.sizes=[1024] eval.masks=[large] msbd.decoder_opt.iterations=20
 
 eval-table: $(STAMP)
 	rm -f outputs/eval/readme/DONE
 	$(PY) scripts/run.py +experiment=eval hydra.run.dir=outputs/eval/readme $(EVAL_ARGS)
-	$(PY) scripts/readme_section.py RESULTS outputs/eval/readme/results.md
+	$(PY) scripts/readme_section.py RESULTS outputs/eval/readme/results.md docs/BENCHMARKS.md
 
 # issue 21's claim table (docs/evidence.md). `make evidence` starts the readme preset in the background (about two
 # hours on 2 cores); run it again after a stop and it resumes (finished edits are skipped). EVIDENCE_PRESET=full
