@@ -168,11 +168,15 @@ class CLIPTextEncoder(nn.Module):
         self.text_model = CLIPTextTransformer(self.config)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        cfg = self.config
-        if input_ids.ndim != 2 or input_ids.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"CLIPTextEncoder: expected integer input_ids [B, T], got {input_ids.dtype} "
-                             f"{tuple(input_ids.shape)}")
-        if input_ids.shape[1] > cfg.max_position_embeddings:
-            raise ValueError(f"CLIPTextEncoder: sequence length {input_ids.shape[1]} exceeds "
-                             f"max_position_embeddings={cfg.max_position_embeddings}")
+        check_input_ids("CLIPTextEncoder", input_ids, self.config.max_position_embeddings)
         return self.text_model(input_ids)
+
+
+def check_input_ids(name: str, input_ids: torch.Tensor, max_positions: int) -> None:
+    """Token ids must be an integer [B, T] tensor with T <= max_positions (ValueError naming the encoder)."""
+    if input_ids.ndim != 2 or input_ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"{name}: expected integer input_ids [B, T], got {input_ids.dtype} "
+                         f"{tuple(input_ids.shape)}")
+    if input_ids.shape[1] > max_positions:
+        raise ValueError(f"{name}: sequence length {input_ids.shape[1]} exceeds "
+                         f"max_position_embeddings={max_positions}")

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldm.models.clip_text import CLIPTextConfig
+from ldm.models.clip_text import CLIPTextConfig, check_input_ids
 
 PROJECTION_KEYS = ("text_projection", "logit_scale")   # CLIP's contrastive head: stored, not used for SD's context
 
@@ -89,13 +89,7 @@ class OpenCLIPTextEncoder(nn.Module):
         self.ln_final = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        cfg = self.config
-        if input_ids.ndim != 2 or input_ids.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"OpenCLIPTextEncoder: expected integer input_ids [B, T], got {input_ids.dtype} "
-                             f"{tuple(input_ids.shape)}")
-        if input_ids.shape[1] > cfg.max_position_embeddings:
-            raise ValueError(f"OpenCLIPTextEncoder: sequence length {input_ids.shape[1]} exceeds "
-                             f"max_position_embeddings={cfg.max_position_embeddings}")
+        check_input_ids("OpenCLIPTextEncoder", input_ids, self.config.max_position_embeddings)
         x = self.token_embedding(input_ids) + self.positional_embedding[: input_ids.shape[1]]  # [B, T, D]
         for block in self.transformer.resblocks:
             x = block(x)

@@ -8,10 +8,11 @@ reference's largest value <= 1e-5).
 """
 import pytest
 import torch
+from _parity_helpers import perturb
 
-from ldm.convert.unet import diffusers_unet_kwargs
 from ldm.checkpoint import CheckpointError, expected_keys, load_models, read_state_dict
 from ldm.config import TINY_TEST
+from ldm.convert.unet import diffusers_unet_kwargs
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
@@ -20,22 +21,16 @@ CONFIG = TINY_TEST
 REL_TOL = 1e-5
 
 
-@torch.no_grad()
-def _perturb(model: torch.nn.Module) -> torch.nn.Module:
-    """Noise on every parameter, so that norms (init 1) and biases (init 0) are not trivial."""
-    for p in model.parameters():
-        p.add_(0.05 * torch.randn_like(p))
-    return model.eval()
 
 
 def _reference_unet():
-    return _perturb(diffusers.UNet2DConditionModel(**diffusers_unet_kwargs(CONFIG.unet)))
+    return perturb(diffusers.UNet2DConditionModel(**diffusers_unet_kwargs(CONFIG.unet)))
 
 
 def _reference_vae():
     c = CONFIG.vae
     n = len(c.ch_mult)
-    return _perturb(diffusers.AutoencoderKL(
+    return perturb(diffusers.AutoencoderKL(
         in_channels=c.in_channels, out_channels=c.out_ch, latent_channels=c.z_channels,
         down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
         block_out_channels=tuple(c.ch * m for m in c.ch_mult), layers_per_block=c.num_res_blocks,
@@ -45,7 +40,7 @@ def _reference_vae():
 
 def _reference_text():
     c = CONFIG.text
-    return _perturb(transformers.CLIPTextModel(transformers.CLIPTextConfig(
+    return perturb(transformers.CLIPTextModel(transformers.CLIPTextConfig(
         vocab_size=c.vocab_size, max_position_embeddings=c.max_position_embeddings, hidden_size=c.hidden_size,
         intermediate_size=c.intermediate_size, num_hidden_layers=c.num_hidden_layers,
         num_attention_heads=c.num_attention_heads, layer_norm_eps=c.layer_norm_eps, hidden_act=c.hidden_act,

@@ -16,9 +16,16 @@ import math
 
 import pytest
 import torch
+from _parity_helpers import perturb
 from safetensors.torch import save_file
 
-from ldm.checkpoint import CheckpointError, expected_keys, guess_family, load_models, read_state_dict
+from ldm.checkpoint import (
+    CheckpointError,
+    expected_keys,
+    guess_family,
+    load_models,
+    read_state_dict,
+)
 from ldm.checkpoint.components import expected_shapes
 from ldm.checkpoint.diagnose import check_family, resolve_inpainting
 from ldm.config import TINY_TEST, LDMConfig, get_preset
@@ -47,11 +54,6 @@ TINY_SD2 = LDMConfig(
 SD2_UNET_PARAMS, SD2_TEXT_PARAMS, SD_VAE_PARAMS = 865_910_724, 340_387_840, 83_653_863
 
 
-@torch.no_grad()
-def _perturb(model: torch.nn.Module) -> torch.nn.Module:
-    for p in model.parameters():
-        p.add_(0.05 * torch.randn_like(p))
-    return model.eval()
 
 
 def _open_clip_text():
@@ -61,7 +63,7 @@ def _open_clip_text():
                  text_cfg=CLIPTextCfg(context_length=77, vocab_size=c.vocab_size, width=c.hidden_size,
                                       heads=c.num_attention_heads, layers=c.num_hidden_layers))
     del model.visual
-    return _perturb(model)
+    return perturb(model)
 
 
 def _open_clip_penultimate(model, ids: torch.Tensor) -> torch.Tensor:
@@ -75,7 +77,7 @@ def _open_clip_penultimate(model, ids: torch.Tensor) -> torch.Tensor:
 
 def _transformers_text():
     c = TINY_SD2.text
-    return _perturb(transformers.CLIPTextModel(transformers.CLIPTextConfig(
+    return perturb(transformers.CLIPTextModel(transformers.CLIPTextConfig(
         vocab_size=c.vocab_size, max_position_embeddings=c.max_position_embeddings, hidden_size=c.hidden_size,
         intermediate_size=c.intermediate_size, num_hidden_layers=c.layers_run,
         num_attention_heads=c.num_attention_heads, hidden_act="gelu", attn_implementation="eager",
@@ -86,7 +88,7 @@ def _transformers_text():
 def _diffusers_vae():
     c = TINY_SD2.vae
     n = len(c.ch_mult)
-    return _perturb(diffusers.AutoencoderKL(
+    return perturb(diffusers.AutoencoderKL(
         in_channels=c.in_channels, out_channels=c.out_ch, latent_channels=c.z_channels,
         down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
         block_out_channels=tuple(c.ch * m for m in c.ch_mult), layers_per_block=c.num_res_blocks,
@@ -97,7 +99,7 @@ def _diffusers_vae():
 @pytest.fixture(scope="module")
 def refs():
     torch.manual_seed(0)
-    return {"unet": _perturb(diffusers.UNet2DConditionModel(**diffusers_unet_kwargs(TINY_SD2.unet))),
+    return {"unet": perturb(diffusers.UNet2DConditionModel(**diffusers_unet_kwargs(TINY_SD2.unet))),
             "vae": _diffusers_vae(), "open_clip": _open_clip_text(), "transformers": _transformers_text()}
 
 
@@ -307,7 +309,7 @@ def test_full_size_sd2_unet_matches_diffusers(tmp_path):
 def test_full_size_sd2_text_encoder_matches_transformers(tmp_path):
     c = get_preset("sd-v2").text
     torch.manual_seed(0)
-    ref = _perturb(transformers.CLIPTextModel(transformers.CLIPTextConfig(
+    ref = perturb(transformers.CLIPTextModel(transformers.CLIPTextConfig(
         vocab_size=c.vocab_size, max_position_embeddings=c.max_position_embeddings, hidden_size=c.hidden_size,
         intermediate_size=c.intermediate_size, num_hidden_layers=c.layers_run, num_attention_heads=c.num_attention_heads,
         hidden_act="gelu", attn_implementation="eager")))
