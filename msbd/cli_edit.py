@@ -27,7 +27,7 @@ from msbd.errors import InputError
 from msbd.io import _check_output, load_image, load_mask, load_source, output_like, save_png_atomic
 from msbd.memory import available_memory, check_memory, estimate_memory  # noqa: F401  (the edit API's)
 from msbd.models import ModelBundle
-from msbd.pipeline import EditResult, StageHook, StepHook, _ceil64, run_msbd
+from msbd.pipeline import EditResult, StageHook, StepHook, TickHook, _ceil64, run_msbd
 from msbd.stitch import to_uint8
 
 PathLike = str | os.PathLike
@@ -106,11 +106,12 @@ def prepare_edit(image_path: PathLike, mask_path: PathLike, prompt: str, output_
 
 def edit(image_path: PathLike, mask_path: PathLike, prompt: str, output_path: PathLike, config: MSBDConfig,
          bundle: ModelBundle, intermediates_dir: PathLike | None = None, memory_limit_bytes: int | None = None,
-         progress: bool = True, on_stage: StageHook | None = None, on_step: StepHook | None = None) -> EditResult:
+         progress: bool = True, on_stage: StageHook | None = None, on_step: StepHook | None = None,
+         on_tick: TickHook | None = None) -> EditResult:
     """Edit one image from files; returns the pipeline's result after writing `output_path` (PNG).
 
-    on_stage / on_step: passed to `run_msbd` (progress and cancelling in the web app); nothing is written when
-    they raise."""
+    on_stage / on_step / on_tick: passed to `run_msbd` (progress and cancelling in the web app); nothing is written
+    when they raise."""
     # 1. Validate everything before a model runs
     prompt, image, mask, plan = prepare_edit(image_path, mask_path, prompt, output_path, config, bundle,
                                              memory_limit_bytes)
@@ -128,7 +129,8 @@ def edit(image_path: PathLike, mask_path: PathLike, prompt: str, output_path: Pa
 
     run_config = dataclasses.replace(config, progress=progress and config.progress)
     try:
-        result = run_msbd(image, mask, prompt, run_config, bundle, on_stage=stage_hook, on_step=on_step)
+        result = run_msbd(image, mask, prompt, run_config, bundle, on_stage=stage_hook, on_step=on_step,
+                          on_tick=on_tick)
         bar.update(1)
     finally:
         bar.close()

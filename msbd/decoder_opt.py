@@ -33,6 +33,7 @@ tiles composited by alpha; we use overlap tile/4 for both and fuse the decoded t
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -106,11 +107,13 @@ def border_tiles(mask: np.ndarray, tile: int, max_edgelen: int) -> list[Box]:
 
 
 def decoder_optimization(bundle: ModelBundle, sample: torch.Tensor, ref: torch.Tensor, mask_px: torch.Tensor,
-                         config: DecoderOptConfig, max_edgelen: int, progress: bool = False) -> DecoderOptResult:
+                         config: DecoderOptConfig, max_edgelen: int, progress: bool = False,
+                         on_step: Callable[[], None] | None = None) -> DecoderOptResult:
     """Optimise the decoder for one stage output and return its re-decoded image (weights restored).
 
     sample, ref: [1, 3, H, W] in [0, 1] (ref: the sharp original crop); mask_px: [1, 1, H, W] binary, 1 = edit.
-    All three on the bundle's device; the result is there too.
+    All three on the bundle's device; the result is there too. on_step() runs after every Adam step; an exception
+    it raises stops the optimisation (the weights are restored all the same).
     """
     height, width = sample.shape[-2:]
     mask_host = mask_px[0, 0].detach().cpu().numpy() > 0.5      # one copy: tile selection is host geometry
@@ -158,6 +161,8 @@ def decoder_optimization(bundle: ModelBundle, sample: torch.Tensor, ref: torch.T
                 loss.backward()
                 optimizer.step()
                 losses.append(loss.detach())
+                if on_step is not None:
+                    on_step()
         loss_after = _total_loss(bundle, items, config.bg_weight, autocast)
         # 3. Re-decode with the optimised decoder (without autograd: a graph kept per decoded tile held
         #    ~3.5 KB per stage pixel, 5.8 GB at a 1280 px grid stage)

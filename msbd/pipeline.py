@@ -46,6 +46,7 @@ from msbd.upscale import lowpass_reference, upsample
 
 StageHook = Callable[[str], None]
 StepHook = Callable[[int], None]    # called after every UNet call with the edit's count so far
+TickHook = Callable[[], None]       # called after every step of work that makes no UNet call (decoder optimisation)
 
 
 @dataclass
@@ -113,6 +114,7 @@ class _Run:
     upscale_cond: torch.Tensor      # prompt or "" (upscale.conditional)
     stats: CallStats = field(default_factory=CallStats)
     hook: StageHook = lambda name: None
+    tick: TickHook = lambda: None
 
 
 def generator(seed: int, *keys: int) -> torch.Generator:
@@ -300,11 +302,13 @@ def _ceil64(x: int) -> int:
 
 
 def run_msbd(image: np.ndarray, mask: np.ndarray, prompt: str, config: MSBDConfig, bundle: ModelBundle,
-             on_stage: StageHook | None = None, on_step: StepHook | None = None) -> EditResult:
+             on_stage: StageHook | None = None, on_step: StepHook | None = None,
+             on_tick: TickHook | None = None) -> EditResult:
     """Edit `image` ([H, W, 3] uint8) inside `mask` ([H, W] in [0, 1], >= 0.5 = edit) to show `prompt`.
 
-    on_stage(name) is called when a stage (or a chunk of grid tiles) starts, on_step(n) after the n-th UNet call;
-    an exception raised by either stops the edit (the app's cancel button).
+    on_stage(name) is called when a stage (or a chunk of grid tiles) starts, on_step(n) after the n-th UNet call,
+    on_tick() after every Adam step of decoder optimisation; an exception raised by any of them stops the edit (the
+    app's cancel button; the decoder's weights are restored).
 
     Everything computed lives on `bundle.device` from here on (work image, masks, references, accumulators); crop
     plans and tile boxes are numpy geometry on the host. The result comes back to the host once, at paste-back.
@@ -332,7 +336,7 @@ def run_msbd(image: np.ndarray, mask: np.ndarray, prompt: str, config: MSBDConfi
         with torch.no_grad():
             cond, uncond = bundle.encode_text([prompt]), bundle.encode_text([""])
         run = _Run(bundle, config, _Counter(denoiser(bundle), stats, on_step), cond, uncond,
-                   cond if up_cfg.conditional else uncond, stats, hook)
+                   cond if up_cfg.conditional else uncond, stats, hook, on_tick or (lambda: None))
         stages: list[StageResult] = []
         # 2. First stage on the square crop, rerank, decoder optimisation
         hook("first")
@@ -406,7 +410,7 @@ def _optimise(run: _Run, image: torch.Tensor, ref: torch.Tensor, mask_px: torch.
               ) -> tuple[torch.Tensor, tuple[float, float]]:
     with run.stats.time("decoder_opt"), run.stats.muted():
         res = decoder_optimization(run.bundle, image, ref, mask_px, run.config.decoder_opt,
-                                   run.config.upscale.max_edgelen, progress=run.config.progress)
+                                   run.config.upscale.max_edgelen, progress=run.config.progress, on_step=run.tick)
     return res.image, (res.loss_before, res.loss_after)
 
 

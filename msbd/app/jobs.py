@@ -171,11 +171,14 @@ class JobQueue:
 
         def on_step(_: int) -> None:
             prog.steps_done += 1
+            on_tick()
+
+        def on_tick() -> None:                                      # also between decoder-optimisation steps
             if job.cancel.is_set():
                 raise Cancelled
 
         result = edit(job.image_path, job.mask_path, job.prompt, job.output_path, config, self.bundle,
-                      progress=False, on_stage=on_stage, on_step=on_step)
+                      progress=False, on_stage=on_stage, on_step=on_step, on_tick=on_tick)
         self._publish(job, result, config)
 
     def _publish(self, job: EditJob, result: EditResult, config: MSBDConfig) -> None:

@@ -67,3 +67,30 @@ def test_raising_hook_stops_edit_and_writes_nothing(bundle, tmp_path):
     edit(tmp_path / "in.png", tmp_path / "mask.png", "a red cube", tmp_path / "out.png", tiny_config(), bundle,
          progress=False, on_stage=names.append)
     assert names[0] == "first" and (tmp_path / "out.png").is_file()
+
+
+def test_on_tick_runs_between_decoder_optimisation_steps_and_can_stop_it(bundle):
+    """on_tick fires after every Adam step of decoder optimisation (where no UNet call gives on_step a chance), so
+    the app's cancel stops a run there too; the decoder's weights are restored when it raises."""
+    import torch
+    image, mask = scene()
+    cfg = tiny_config()
+    cfg.decoder_opt.enabled, cfg.decoder_opt.iterations = True, 3
+    ticks: list[int] = []
+    run_msbd(image, mask, "a red cube", tiny_config(), bundle, on_tick=lambda: ticks.append(1))
+    assert ticks == []                                       # decoder optimisation off: no tick
+    run_msbd(image, mask, "a red cube", cfg, bundle, on_tick=lambda: ticks.append(1))
+    assert len(ticks) > cfg.decoder_opt.iterations           # the first stage's 3 steps and the grid stage's
+    before = {k: v.clone() for k, v in bundle.vae.state_dict().items()}
+
+    def stop_on_second() -> None:
+        ticks.append(1)
+        if len(ticks) > 1:
+            raise Stop
+
+    ticks.clear()
+    with pytest.raises(Stop):
+        run_msbd(image, mask, "a red cube", cfg, bundle, on_tick=stop_on_second)
+    assert len(ticks) == 2
+    assert all(torch.equal(before[k], v) for k, v in bundle.vae.state_dict().items())
+    assert not any(p.requires_grad for p in bundle.vae.parameters())
