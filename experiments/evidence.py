@@ -46,8 +46,8 @@ MASKS = {"small": (0.08, 0.12), "large": (0.2, 0.3)}
 OURS = "ours (alpha)"
 WITH_DECODER_OPT = "ours + decoder opt"
 MAIN_VARIANTS = (OURS, "ours (latent fusion)", "naive", "segmented", "a bilinear, no diffusion", "b SR only",
-                 "e no low-pass background", "no decoder opt", "unconditional upscaling", "authors' quirks",
-                 "diffusers inpaint (crop)")
+                 "e no low-pass background", "no decoder opt", "unconditional upscaling", "unconditional grid",
+                 "authors' quirks", "diffusers inpaint (crop)")
 # the readme preset runs without decoder optimisation (orthogonal to every claim but C5, and most of an edit's
 # time), so its C5 pair is ours with it against ours (= no decoder opt)
 README_MAIN = tuple(v for v in MAIN_VARIANTS if v != "no decoder opt") + (WITH_DECODER_OPT,)
@@ -146,6 +146,7 @@ def make_variant(name: str, base: MSBDConfig, naive_scale: float = 1.875) -> Evi
         "no decoder opt": lambda: EvidenceVariant(name, variant(base, decoder_opt={"enabled": False})),
         WITH_DECODER_OPT: lambda: EvidenceVariant(name, variant(base, decoder_opt={"enabled": True})),
         "unconditional upscaling": lambda: EvidenceVariant(name, variant(base, upscale={"conditional": False})),
+        "unconditional grid": lambda: EvidenceVariant(name, variant(base, grid={"conditional": False})),
         "authors' quirks": lambda: EvidenceVariant(name, authors_quirks(base)),
         "diffusers inpaint (crop)": lambda: EvidenceVariant(name, single, "diffusers"),
     }

@@ -88,8 +88,8 @@ CLAIMS = (
           "best of 8", "one object", +1),
     Claim("B1", "beyond: latent fusion leaves smaller steps between grid tiles than alpha compositing", "main", OURS,
           "ours (latent fusion)", "tile step", -1),
-    Claim("B2", "beyond: an unconditional upscaling/grid stage leaves fewer blobs of the prompt's colour than the "
-          "prompt in every tile", "main", OURS, "unconditional upscaling", "blobs", -1),
+    Claim("B2", "beyond: an unconditional grid stage (grid.conditional=false) leaves fewer blobs of the prompt's "
+          "colour than the prompt in every tile", "main", OURS, "unconditional grid", "blobs", -1),
     Claim("P1", "peer: ours gives one object more often than diffusers' inpainting with padding_mask_crop", "main",
           OURS, "diffusers inpaint (crop)", "one object", -1),
     Claim("P1", "peer: ours is sharper than diffusers' inpainting with padding_mask_crop", "main", OURS,

@@ -36,7 +36,7 @@ def _setup(image: np.ndarray, mask: np.ndarray, prompt: str, config: MSBDConfig,
                      config.reference_quirks.crop_rule)
     with torch.no_grad():
         cond, uncond = bundle.encode_text([prompt]), bundle.encode_text([""])
-    run = _Run(bundle, config, _Counter(denoiser(bundle)), cond, uncond, cond)
+    run = _Run(bundle, config, _Counter(denoiser(bundle)), cond, uncond, cond, cond)
     return run, image01, mask_bin, plan, to_work_image(image01, plan), to_work_mask(mask_bin, plan)
 
 

@@ -18,7 +18,7 @@ import dataclasses
 import math
 import secrets
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 UPSCALE_MODES = ("esrgan", "bilinear", "bicubic", "sharpen")
 LOWPASS_MODES = ("matching", "half", "no")
@@ -67,6 +67,8 @@ class GridConfig:
     fusion: str = "alpha"           # alpha: reference tile compositing | latent: MultiDiffusion eps averaging
     skip_empty_tiles: bool = True   # tiles without mask pixels are not diffused (their pixels: upscaled input)
     batch: int = 0                  # tiles of equal shape per UNet / VAE call; 0 = chosen by free memory (<= 16)
+    conditional: Optional[bool] = None  # the prompt in every grid tile (true) or "" (false); None: as
+    #                                     upscale.conditional (the reference: the prompt everywhere)
 
 
 @dataclass
@@ -171,6 +173,8 @@ class MSBDConfig:
             (grid.tile > 0, f"grid.tile must be positive, got {grid.tile}"),
             (0 <= grid.overlap < grid.tile, f"grid.overlap ({grid.overlap}) must be in [0, grid.tile={grid.tile})"),
             (grid.fusion in FUSIONS, f"grid.fusion must be one of {FUSIONS}, got {grid.fusion!r}"),
+            (grid.conditional in (None, True, False),
+             f"grid.conditional must be true, false or null, got {grid.conditional!r}"),
             (grid.batch >= 0, f"grid.batch must be >= 0 (0 = by free memory), got {grid.batch}"),
             (dec.region in DECODER_OPT_REGIONS,
              f"decoder_opt.region must be one of {DECODER_OPT_REGIONS}, got {dec.region!r}"),

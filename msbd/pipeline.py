@@ -112,6 +112,7 @@ class _Run:
     cond: torch.Tensor              # prompt context, [1, 77, D]
     uncond: torch.Tensor            # "" context
     upscale_cond: torch.Tensor      # prompt or "" (upscale.conditional)
+    grid_cond: torch.Tensor         # prompt or "" for grid stages (grid.conditional, else upscale.conditional)
     stats: CallStats = field(default_factory=CallStats)
     hook: StageHook = lambda name: None
     tick: TickHook = lambda: None
@@ -173,17 +174,19 @@ def first_stage(run: _Run, source: torch.Tensor, mask_crop: torch.Tensor, prompt
 
 
 def refine(run: _Run, image: torch.Tensor, mask_px: torch.Tensor, strength: float,
-           gens: torch.Generator | list[torch.Generator]) -> torch.Tensor:
+           gens: torch.Generator | list[torch.Generator], context: torch.Tensor | None = None) -> torch.Tensor:
     """Encode, SDEdit-start blended DDIM with the upscaling schedule, decode (§8 upscale steps 5-6).
 
     image [K, 3, h, w], mask_px [K, 1, h, w] and one generator per image: K tiles of one shape go through the VAE
-    and the UNet together; image k depends only on gens[k] (up to the kernels' batch-dependent rounding)."""
+    and the UNet together; image k depends only on gens[k] (up to the kernels' batch-dependent rounding).
+    context: the prompt's or "" (default: the upscaling stages' context, `upscale.conditional`)."""
     up = run.config.upscale
     gens = [gens] if isinstance(gens, torch.Generator) else list(gens)
     z_src = run.bundle.encode(image * 2 - 1)
     mask_z = _latent_mask(run, mask_px) if up.blended else None
     model = conditioned_model(run.model, run.bundle, image, mask_px)      # inpainting UNets: [x_t, mask, masked]
-    z = sample(model, _sampler_config(run, up.steps, strength), generators=gens, context=run.upscale_cond,
+    context = run.upscale_cond if context is None else context
+    z = sample(model, _sampler_config(run, up.steps, strength), generators=gens, context=context,
                uncond_context=run.uncond, source=z_src, mask=mask_z)
     return run.bundle.decode(z)
 
@@ -243,7 +246,7 @@ def grid_stage(run: _Run, image: torch.Tensor, mask_px: torch.Tensor, stage: int
         run.hook(f"stage{stage}: tiles {len(tiles) + 1}-{len(tiles) + len(chunk)}/{len(run_ids)}")
         gens = [generator(run.config.seed, stage, 0 if q.same_seed_per_tile else i) for i in chunk]
         out = refine(run, torch.cat([image[..., *boxes[i].slices] for i in chunk]),
-                     torch.cat([mask_px[..., *boxes[i].slices] for i in chunk]), strength, gens)
+                     torch.cat([mask_px[..., *boxes[i].slices] for i in chunk]), strength, gens, run.grid_cond)
         tiles += out.split(1)
         bar.update(len(chunk))
     bar.close()
@@ -281,10 +284,15 @@ def latent_fusion(run: _Run, image: torch.Tensor, mask_px: torch.Tensor, boxes: 
     up = run.config.upscale
     mask_z = _latent_mask(run, mask_px) if up.blended else None
     cfg = _sampler_config(run, up.steps, up.grid_strength)
-    z = sample(fused, cfg, generators=[generator(run.config.seed, stage, 0)], context=run.upscale_cond,
+    z = sample(fused, cfg, generators=[generator(run.config.seed, stage, 0)], context=run.grid_cond,
                uncond_context=run.uncond, source=z_src, mask=mask_z)
     decoded, covered = decode_tiled(run.bundle, z, boxes, overlap)
     return torch.where(covered, decoded, image)
+
+
+def _grid_conditional(config: MSBDConfig) -> bool:
+    """Grid stages see the prompt when `grid.conditional` says so, or (None) when `upscale.conditional` does."""
+    return config.upscale.conditional if config.grid.conditional is None else config.grid.conditional
 
 
 def _check_aligned(boxes: list[Box], multiple: int) -> None:
@@ -336,7 +344,8 @@ def run_msbd(image: np.ndarray, mask: np.ndarray, prompt: str, config: MSBDConfi
         with torch.no_grad():
             cond, uncond = bundle.encode_text([prompt]), bundle.encode_text([""])
         run = _Run(bundle, config, _Counter(denoiser(bundle), stats, on_step), cond, uncond,
-                   cond if up_cfg.conditional else uncond, stats, hook, on_tick or (lambda: None))
+                   cond if up_cfg.conditional else uncond,
+                   cond if _grid_conditional(config) else uncond, stats, hook, on_tick or (lambda: None))
         stages: list[StageResult] = []
         # 2. First stage on the square crop, rerank, decoder optimisation
         hook("first")

@@ -193,3 +193,22 @@ def test_reference_crop_rule_plans_from_the_raw_mask(bundle, monkeypatch):
     binarised = plan_crop((mask >= 0.5).astype(np.float32), cfg.margin, 64, "reference")
     assert (expected.diff_h, expected.diff_w) != (binarised.diff_h, binarised.diff_w)
     assert result.plan == expected
+
+
+@pytest.mark.parametrize("fusion", ["alpha", "latent"])
+def test_grid_conditional_changes_only_the_grid_stage(fusion):
+    """grid.conditional=false runs the grid tiles on "" while the earlier stages keep the prompt; None follows
+    upscale.conditional (the reference: the prompt everywhere), so None and true give the same edit."""
+    image, mask = scene(160, 192, (40, 60, 120, 150))
+    bundle = build_bundle("tiny-test", seed=0)
+    out = {}
+    for value in (None, True, False):
+        out[value] = run_msbd(image, mask, "a red cube", tiny_config(grid__fusion=fusion, grid__conditional=value),
+                              bundle)
+    assert [s.name for s in out[None].stages][-1].endswith("(grid)")
+    assert np.array_equal(out[None].image, out[True].image)
+    for a, b in zip(out[None].stages[:-1], out[False].stages[:-1]):
+        assert torch.equal(a.image, b.image)                      # first stage and ladder: the prompt in both
+    assert not torch.equal(out[None].stages[-1].image, out[False].stages[-1].image)
+    with pytest.raises(ValueError, match="grid.conditional"):
+        tiny_config(grid__conditional="yes").validate()
