@@ -345,8 +345,17 @@ def build_report(out_dir: Path | str) -> dict:
     return {f"{r['id']} {r['other']} {r['metric']}": r["verdict"] for r in claims}
 
 
+def main(argv: list[str]) -> int:
+    usage = "usage: python -m experiments.evidence_report RUN_DIR (the folder holding rows.jsonl)"
+    if len(argv) != 1 or argv[0].startswith("-"):
+        print(usage, file=sys.stderr)
+        return 2
+    if not (Path(argv[0]) / ROWS).is_file():
+        print(f"error: {Path(argv[0]) / ROWS} not found (run `make evidence` first)", file=sys.stderr)
+        return 2
+    print(json.dumps(build_report(argv[0]), indent=2))
+    return 0
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        print("usage: python -m experiments.evidence_report RUN_DIR (the folder holding rows.jsonl)", file=sys.stderr)
-        sys.exit(2)
-    print(json.dumps(build_report(sys.argv[1]), indent=2))
+    sys.exit(main(sys.argv[1:]))

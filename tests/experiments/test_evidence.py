@@ -175,3 +175,10 @@ def test_c5_pairs_the_decoder_optimisation_variants_of_either_preset():
     assert evidence_report.paired(readme, c5) == ([1.0] * 12, [2.0] * 12)   # ours + decoder opt vs ours (off)
     assert evidence_report.paired(full, c5) == ([2.0] * 12, [3.0] * 12)     # ours (on) vs no decoder opt
     assert [r["verdict"] for r in evidence_report.evaluate(readme, [c5])] == ["supported"]
+
+
+def test_report_command_line_errors_are_one_line(tmp_path, capsys):
+    assert evidence_report.main(["--help"]) == 2
+    assert evidence_report.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("usage:") and err[1].startswith("error:") and "rows.jsonl" in err[1]
