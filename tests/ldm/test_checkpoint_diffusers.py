@@ -8,7 +8,7 @@ reference's largest value <= 1e-5).
 """
 import pytest
 import torch
-from _parity_helpers import perturb
+from _parity_helpers import diffusers_vae, perturb
 
 from ldm.checkpoint import CheckpointError, expected_keys, load_models, read_state_dict
 from ldm.config import TINY_TEST
@@ -28,14 +28,7 @@ def _reference_unet():
 
 
 def _reference_vae():
-    c = CONFIG.vae
-    n = len(c.ch_mult)
-    return perturb(diffusers.AutoencoderKL(
-        in_channels=c.in_channels, out_channels=c.out_ch, latent_channels=c.z_channels,
-        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
-        block_out_channels=tuple(c.ch * m for m in c.ch_mult), layers_per_block=c.num_res_blocks,
-        norm_num_groups=c.norm_num_groups,
-    ))
+    return diffusers_vae(CONFIG.vae)
 
 
 def _reference_text():

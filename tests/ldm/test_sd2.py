@@ -16,7 +16,7 @@ import math
 
 import pytest
 import torch
-from _parity_helpers import perturb
+from _parity_helpers import diffusers_vae, perturb
 from safetensors.torch import save_file
 
 from ldm.checkpoint import (
@@ -86,14 +86,7 @@ def _transformers_text():
 
 
 def _diffusers_vae():
-    c = TINY_SD2.vae
-    n = len(c.ch_mult)
-    return perturb(diffusers.AutoencoderKL(
-        in_channels=c.in_channels, out_channels=c.out_ch, latent_channels=c.z_channels,
-        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
-        block_out_channels=tuple(c.ch * m for m in c.ch_mult), layers_per_block=c.num_res_blocks,
-        norm_num_groups=c.norm_num_groups,
-    ))
+    return diffusers_vae(TINY_SD2.vae)
 
 
 @pytest.fixture(scope="module")
