@@ -85,7 +85,7 @@ class DecoderOptConfig:
     #                                 rest of the mask keeps the stage output); full: the whole stage (reference)
     autocast_bf16: bool = True      # the decoder's forward/backward under bf16 autocast (fp32 weights and Adam) where
     #                                 the device has bf16 (CPU, CUDA >= 8.0; fp32 elsewhere); false = the reference
-    channels_last: bool = True      # train the decoder in the NHWC layout (same maths; faster convolutions)
+    channels_last: bool = True      # train the decoder in the NHWC layout (same maths; faster with bf16 autocast)
     max_steps: int = 200            # at most this many Adam steps per stage (0 = no cap: iterations x tiles/2, the
     #                                 reference); binds only on grid stages, whose tiles each make half a step per epoch
 

@@ -24,9 +24,11 @@ Which pixels are optimised (`region`):
   PSNR against `"full"` and time on the same tasks.
 
 Losses stay on the device (no host sync per Adam step); `autocast_bf16` runs the decoder's forward and backward
-under bf16 autocast (weights and Adam state stay fp32; on by default where the device has bf16, fp32 elsewhere); `channels_last` (default) trains the decoder with NHWC
-weights and activations, the layout oneDNN and cuDNN convolutions prefer (a 2 x 128 px toy step x0.93 here; the
-layout is restored afterwards). A tqdm bar over the epochs shows time left (`progress`).
+under bf16 autocast (weights and Adam state stay fp32; on by default where the device has bf16, fp32 elsewhere);
+`channels_last` (default) trains the decoder with NHWC weights and activations, the layout oneDNN and cuDNN
+convolutions prefer (restored afterwards). Measured here on a 640 px stage (30 steps, 2 threads): fp32 9.8-10.3 s,
+bf16 7.5-8.3 s, bf16 + channels_last 7.1-7.7 s; channels_last alone in fp32 made no measurable difference.
+A tqdm bar over the epochs shows time left (`progress`).
 Deviation: the reference uses tiles with no overlap (except the shifted last one) and re-decodes with 768/256
 tiles composited by alpha; we use overlap tile/4 for both and fuse the decoded tiles with `fusion_weights`.
 """
