@@ -8,7 +8,9 @@ group with the same seed, so every comparison is paired:
   inpainting pipeline with `padding_mask_crop` on the same weights (claims C1, C2, C3, C5, beyond the paper);
 * `repaint`: RePaint r in {0, 1, 2, 3, 5, 8} without reranking at the native size, where the edit is the first
   stage alone (r acts only there; decoder optimisation off, as `ablation_repaint`) (claim C4);
-* `seeds`: ours with 8 seeds per task (claim C6).
+* `seeds`: ours with 8 seeds per task (claim C6);
+* `bars` (readme preset): ours, the baselines and the diffusers peer at 4 MP (2048 px) with the preset's steps,
+  for the issue's bars at 4 MP (the full preset has 4 MP cases in `main`).
 
 Every finished edit appends one JSON line to `rows.jsonl` (the analyser's measures incl. the tile measures on
 the lattice of ours' grid stage, object counts after every stage for the MSBD variants, seconds, peak memory), and
@@ -51,6 +53,9 @@ MAIN_VARIANTS = (OURS, "ours (latent fusion)", "naive", "segmented", "a bilinear
 # the readme preset runs without decoder optimisation (orthogonal to every claim but C5, and most of an edit's
 # time), so its C5 pair is ours with it against ours (= no decoder opt)
 README_MAIN = tuple(v for v in MAIN_VARIANTS if v != "no decoder opt") + (WITH_DECODER_OPT,)
+# the bars of issue 21 at 4 MP: ours against the baselines and the diffusers peer (no decoder optimisation in the
+# readme preset, as its main group)
+BAR_VARIANTS = (OURS, "naive", "segmented", "a bilinear, no diffusion", "b SR only", "diffusers inpaint (crop)")
 REPAINT_R = (0, 1, 2, 3, 5, 8)
 N_SEEDS = 8
 ROWS = "rows.jsonl"
@@ -79,11 +84,13 @@ PRESETS: dict[str, dict[str, GroupSpec]] = {
         "main": GroupSpec(40, [512], ["large"], _all(README_MAIN)),
         "repaint": GroupSpec(40, [128], ["large"], [f"r={r}" for r in REPAINT_R]),
         "seeds": GroupSpec(40, [128], ["large"], [OURS], seeds=N_SEEDS),
+        "bars": GroupSpec(40, [2048], ["large"], list(BAR_VARIANTS)),
     },
     "tiny": {
         "main": GroupSpec(1, [256], ["large"], [OURS, "ours (latent fusion)", "naive", "diffusers inpaint (crop)"]),
         "repaint": GroupSpec(1, [128], ["large"], ["r=0", "r=1"]),
         "seeds": GroupSpec(1, [128], ["large"], [OURS], seeds=2),
+        "bars": GroupSpec(1, [256], ["large"], [OURS, "naive"]),
     },
 }
 # msbd settings of a preset on top of the run's config (the readme preset trades steps for tasks)
@@ -99,7 +106,7 @@ PRESET_SETTINGS: dict[str, dict[str, Any]] = {
 @dataclass
 class Params:
     preset: str = "readme"               # full | readme | tiny
-    groups: list[str] = field(default_factory=lambda: ["main", "repaint", "seeds"])
+    groups: list[str] | None = None      # None: every group of the preset, in order
     save_tasks: int = 3                  # the edits of tasks below this are saved as PNGs (the figures use them)
     max_edits: int = 0                   # stop after this many new edits (0 = all; timing runs and tests)
     report: bool = True                  # rebuild tables and figures from the rows at the end
@@ -107,6 +114,8 @@ class Params:
     def validate(self) -> None:
         if self.preset not in PRESETS:
             raise InputError(f"evidence.preset: unknown {self.preset!r}; known: {list(PRESETS)}")
+        if self.groups is None:
+            self.groups = list(PRESETS[self.preset])
         unknown = [g for g in self.groups if g not in PRESETS[self.preset]]
         if unknown or not self.groups:
             raise InputError(f"evidence.groups: unknown {unknown}; known: {list(PRESETS[self.preset])}")
@@ -253,7 +262,7 @@ def run(ctx: RunContext, p: Params) -> dict:
                 for r in load_rows(rows_path) if r["variant"] == OURS and r.get("tiles")}
     bundle = ctx.bundle()
     peer, n_new = None, 0
-    for group in p.groups:
+    for group in p.groups or list(PRESETS[p.preset]):
         spec = PRESETS[p.preset][group]
         variants = [make_variant(n, base) for n in spec.variants]
         for task, size, mask, seed in plan(spec, group, base.seed):

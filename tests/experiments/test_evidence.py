@@ -160,7 +160,7 @@ def test_the_experiment_config_composes_and_checks(tmp_path):
     from msbd.errors import InputError
     cfg = compose_experiment(tmp_path, "evidence", "model=random")
     _, params = run_script.check(cfg)
-    assert params.preset == "readme" and params.groups == ["main", "repaint", "seeds"]
+    assert params.preset == "readme" and params.groups == ["main", "repaint", "seeds", "bars"]
     with pytest.raises(InputError, match="evidence.preset"):
         run_script.check(compose_experiment(tmp_path, "evidence", "model=random", "evidence.preset=huge"))
 
@@ -182,3 +182,18 @@ def test_report_command_line_errors_are_one_line(tmp_path, capsys):
     assert evidence_report.main([str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0].startswith("usage:") and err[1].startswith("error:") and "rows.jsonl" in err[1]
+
+
+def test_the_bars_come_from_the_bars_group_when_the_rows_hold_one(tmp_path):
+    main = _rows(evidence.OURS, "main", [1] * 12) + _rows("naive", "main", [3] * 12)
+    assert evidence_report.bar_group_of(main) is None                       # no 4 MP edits: no bars
+    bars = [dict(r, group="bars", size=2048) for r in main]
+    assert evidence_report.bar_group_of(main + bars) == "bars"
+    full = [dict(r, size=2048) for r in main]
+    assert evidence_report.bar_group_of(full) == "main"
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(dict(r, preset="readme")) + "\n" for r in main + bars))
+    evidence_report.build_report(tmp_path)
+    verdicts = {b["other"]: b["verdict"] for b in json.loads((tmp_path / "claims.json").read_text())["bars"]
+                if b["metric"] == "one object"}
+    assert verdicts["naive"] == "supported"                                 # 12 of 12 pairs, p = 2^-11
+    assert "Bars of issue 21 at 4 MP" in (tmp_path / "results.md").read_text()
