@@ -33,7 +33,8 @@ from msbd.pipeline import run_msbd  # noqa: E402
 # fp32; default: the current defaults (border, <= 200 steps, bf16 autocast, channels_last); border_uncapped:
 # border tiles, no cap; off: no decoder optimisation; border_bf16: border under bf16 autocast; full_all_tiles:
 # the reference with the background-only tiles optimised too (skip_empty_tiles=false);
-# border_100 / border_50: border tiles, <= 100 / 50 steps
+# border_100 / border_50: border tiles, <= 100 / 50 steps; levels_1 / levels_2: the defaults with only the
+# decoder's 1 / 2 finest levels trained (train_levels)
 VARIANTS = {"full": {"region": "full", "max_steps": 0, "autocast_bf16": False},
             "border": {"region": "border", "max_steps": 200, "autocast_bf16": False},
             "default": {},
@@ -41,7 +42,8 @@ VARIANTS = {"full": {"region": "full", "max_steps": 0, "autocast_bf16": False},
             "border_bf16": {"region": "border", "max_steps": 200, "autocast_bf16": True},
             "full_all_tiles": {"region": "full", "max_steps": 0, "skip_empty_tiles": False, "autocast_bf16": False},
             "border_100": {"region": "border", "max_steps": 100, "autocast_bf16": False},
-            "border_50": {"region": "border", "max_steps": 50, "autocast_bf16": False}}
+            "border_50": {"region": "border", "max_steps": 50, "autocast_bf16": False},
+            "levels_1": {"train_levels": 1}, "levels_2": {"train_levels": 2}}
 
 
 def psnr(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float:

@@ -81,8 +81,10 @@ class DecoderOptConfig:
     bg_weight: float = 100.0        # weight of the background term
     tile: int = 512                 # optimisation tile for stages above max_edgelen
     skip_empty_tiles: bool = True   # only tiles holding mask pixels (False: every tile, as the reference)
-    region: str = "border"          # border: optimise and re-decode only the tiles holding the mask border (the
-    #                                 rest of the mask keeps the stage output); full: the whole stage (reference)
+    region: str = "border"          # border: train on the tiles holding the mask border, re-decode every masked
+    #                                 tile; full: train on every decoded tile (the reference)
+    train_levels: int = 0           # 0: train the whole decoder (reference); k > 0: only its k finest resolution
+    #                                 levels and output layers, the coarser part frozen and run once per tile
     autocast_bf16: bool = True      # the decoder's forward/backward under bf16 autocast (fp32 weights and Adam) where
     #                                 the device has bf16 (CPU, CUDA >= 8.0; fp32 elsewhere); false = the reference
     channels_last: bool = True      # train the decoder in the NHWC layout (same maths; faster with bf16 autocast)
@@ -180,6 +182,8 @@ class MSBDConfig:
              f"decoder_opt.region must be one of {DECODER_OPT_REGIONS}, got {dec.region!r}"),
             (up.eta >= 0, f"upscale.eta must be >= 0, got {up.eta}"),
             (dec.iterations >= 0, f"decoder_opt.iterations must be >= 0, got {dec.iterations}"),
+            (_is_int(dec.train_levels) and dec.train_levels >= 0,
+             f"decoder_opt.train_levels must be an integer >= 0 (0 = the whole decoder), got {dec.train_levels}"),
             (dec.max_steps >= 0, f"decoder_opt.max_steps must be >= 0 (0 = no cap), got {dec.max_steps}"),
             (dec.lr > 0, f"decoder_opt.lr must be positive, got {dec.lr}"),
             (dec.tile > 0, f"decoder_opt.tile must be positive, got {dec.tile}"),

@@ -135,16 +135,20 @@ def decoder_optimization(bundle: ModelBundle, sample: torch.Tensor, ref: torch.T
     vae.float()
     layout = torch.channels_last if config.channels_last else torch.contiguous_format
     decoder.to(memory_format=layout)
+    frozen = _frozen_levels(decoder, config.train_levels)
     try:
-        # 1. Fixed inputs per tile: latent of the re-encoded sample, D_0's image, reference, mask, overlap weight
+        # 1. Fixed inputs per tile: latent of the re-encoded sample (or, with frozen levels, the activations the
+        #    frozen part makes of it, computed once), D_0's image, reference, mask, overlap weight
         weight = _coverage_weight(boxes, height, width, device)
         z_tiles = [z.contiguous(memory_format=layout) for z in _encode_tiles(bundle, sample, boxes)]
         with torch.no_grad(), autocast:
-            items = [(z, _decode(bundle, z), ref[..., *b.slices] * 2 - 1, mask_px[..., *b.slices].float(),
-                      weight[b.slices][None, None]) for z, b in zip(z_tiles, boxes)]
-        decoder.requires_grad_(True)
-        optimizer = torch.optim.Adam(decoder.parameters(), lr=config.lr)
-        loss_before = _total_loss(bundle, items, config.bg_weight, autocast)
+            items = [(_head(bundle, z, frozen), _decode(bundle, z), ref[..., *b.slices] * 2 - 1,
+                      mask_px[..., *b.slices].float(), weight[b.slices][None, None]) for z, b in zip(z_tiles, boxes)]
+        trained = _trained_modules(decoder, frozen)
+        for module in trained:
+            module.requires_grad_(True)
+        optimizer = torch.optim.Adam([p for m in trained for p in m.parameters()], lr=config.lr)
+        loss_before = _total_loss(bundle, items, config.bg_weight, autocast, frozen)
         losses = []
         # 2. Adam over mini-batches of two tiles (tiles share one size, so they stack), `iterations` epochs or
         #    `max_steps` steps, whichever ends first (the last epoch may stop part-way through the tiles)
@@ -158,14 +162,14 @@ def decoder_optimization(bundle: ModelBundle, sample: torch.Tensor, ref: torch.T
             for start in range(0, min(len(items), 2 * (n_steps - epoch * per_epoch)), 2):
                 batch = [torch.cat(parts) for parts in zip(*items[start:start + 2])]
                 with autocast:
-                    loss = _batch_loss(bundle, *batch, config.bg_weight)
+                    loss = _batch_loss(bundle, *batch, config.bg_weight, frozen)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 losses.append(loss.detach())
                 if on_step is not None:
                     on_step()
-        loss_after = _total_loss(bundle, items, config.bg_weight, autocast)
+        loss_after = _total_loss(bundle, items, config.bg_weight, autocast, frozen)
         # 3. Re-decode with the optimised decoder (without autograd: a graph kept per decoded tile held
         #    ~3.5 KB per stage pixel, 5.8 GB at a 1280 px grid stage)
         decode = lambda z: _decode(bundle, z).clamp(-1, 1).add(1).div(2)  # noqa: E731
@@ -216,12 +220,35 @@ def _decode(bundle: ModelBundle, z: torch.Tensor) -> torch.Tensor:
     return bundle.vae.decode_latent(z.float(), bundle.scale_factor).float()
 
 
-def _batch_loss(bundle, z, d0, ref, mask, weight, bg_weight: float) -> torch.Tensor:
-    return decoder_loss(_decode(bundle, z), d0, ref, mask, weight, bg_weight)
+def _frozen_levels(decoder: torch.nn.Module, train_levels: int) -> int | None:
+    """None when the whole decoder trains (train_levels=0, the reference), else how many of its coarsest levels
+    stay frozen with conv_in and the middle block: all but the `train_levels` finest (0 when that is every level)."""
+    return None if train_levels == 0 else max(len(decoder.up) - train_levels, 0)
+
+
+def _trained_modules(decoder: torch.nn.Module, frozen: int | None) -> list[torch.nn.Module]:
+    """The modules Adam trains: the whole decoder, or its finest levels (up[0] is the finest) and output layers."""
+    if frozen is None:
+        return [decoder]
+    return [*list(decoder.up)[:len(decoder.up) - frozen], decoder.norm_out, decoder.conv_out]
+
+
+def _head(bundle: ModelBundle, z: torch.Tensor, frozen: int | None) -> torch.Tensor:
+    """The training input of a tile: its latent (the whole decoder trains) or the frozen part's activations."""
+    if frozen is None:
+        return z
+    vae = bundle.vae
+    return vae.decoder.head(vae.post_quant_conv(z.float() / bundle.scale_factor), frozen)
+
+
+def _batch_loss(bundle, x, d0, ref, mask, weight, bg_weight: float, frozen: int | None = None) -> torch.Tensor:
+    decoded = _decode(bundle, x) if frozen is None else bundle.vae.decoder.tail(x, frozen).float()
+    return decoder_loss(decoded, d0, ref, mask, weight, bg_weight)
 
 
 @torch.no_grad()
-def _total_loss(bundle: ModelBundle, items: list, bg_weight: float, autocast) -> float:
+def _total_loss(bundle: ModelBundle, items: list, bg_weight: float, autocast, frozen: int | None = None
+                ) -> float:
     with autocast:
-        total = sum(_batch_loss(bundle, *item, bg_weight) for item in items)
+        total = sum(_batch_loss(bundle, *item, bg_weight, frozen) for item in items)
     return float(total) / len(items)                                  # one sync

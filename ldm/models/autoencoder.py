@@ -230,6 +230,24 @@ class Decoder(nn.Module):
                 h = level.upsample(h)
         return self.conv_out(F.silu(self.norm_out(h)))
 
+    def head(self, z: torch.Tensor, levels: int) -> torch.Tensor:
+        """The activations after conv_in, mid and the `levels` coarsest resolution levels (with their upsampling);
+        tail(head(z, k), k) == forward(z) for every 0 <= k <= len(up)."""
+        h = self.mid(self.conv_in(z))
+        for level in list(reversed(self.up))[:levels]:
+            h = _run_level(level, h)
+            if hasattr(level, "upsample"):
+                h = level.upsample(h)
+        return h
+
+    def tail(self, h: torch.Tensor, levels: int) -> torch.Tensor:
+        """The rest of `forward` after `head(z, levels)`: the finer levels, norm_out and conv_out."""
+        for level in list(reversed(self.up))[levels:]:
+            h = _run_level(level, h)
+            if hasattr(level, "upsample"):
+                h = level.upsample(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
 
 class AutoencoderKL(nn.Module):
     """SD-v1 VAE: `encoder` + `quant_conv` give Gaussian moments, `post_quant_conv` + `decoder` give the image."""

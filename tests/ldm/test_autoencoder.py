@@ -141,3 +141,15 @@ def test_invalid_inputs():
         vae.decode(torch.zeros(1, 3, 4, 4))
     with pytest.raises(ValueError, match="norm_num_groups"):
         AutoencoderConfig(ch=30, norm_num_groups=32)
+
+
+def test_decoder_head_and_tail_compose_to_forward():
+    torch.manual_seed(0)
+    vae = AutoencoderKL(TINY).eval()
+    z = torch.randn(2, TINY.z_channels, 6, 5)
+    with torch.no_grad():
+        full = vae.decoder(z)
+        for k in range(len(vae.decoder.up) + 1):
+            h = vae.decoder.head(z, k)
+            assert h.shape[-2:] == (6 * 2 ** min(k, len(vae.decoder.up) - 1), 5 * 2 ** min(k, len(vae.decoder.up) - 1))
+            torch.testing.assert_close(vae.decoder.tail(h, k), full, rtol=0, atol=0)
