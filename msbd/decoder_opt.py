@@ -23,6 +23,12 @@ Which pixels are optimised (`region`):
   differently from `"full"` with `max_steps=0` (the reference): `bench/decoder_opt.py` measures seam, halo,
   PSNR against `"full"` and time on the same tasks.
 
+Which weights are trained (`train_levels`): 0 (the reference) trains the whole decoder; k > 0 trains only its k
+finest resolution levels and the output layers (norm_out, conv_out). The frozen coarser part (post_quant_conv,
+conv_in, the middle block and the coarser levels) then runs once per tile before the first step and its activations
+are the training input, so an Adam step costs a forward and a backward pass through the fine levels alone
+(`Decoder.head` / `Decoder.tail`). The re-decode runs the whole decoder as usual.
+
 Losses stay on the device (no host sync per Adam step); `autocast_bf16` runs the decoder's forward and backward
 under bf16 autocast (weights and Adam state stay fp32; on by default where the device has bf16, fp32 elsewhere);
 `channels_last` (default) trains the decoder with NHWC weights and activations, the layout oneDNN and cuDNN
