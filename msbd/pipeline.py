@@ -213,14 +213,17 @@ def grid_batch(run: _Run, tile_hw: tuple[int, int], n_tiles: int) -> int:
 
 
 def _chunks(ids: list[int], boxes: list[Box], batch: int) -> list[list[int]]:
-    """Consecutive runs of equal-shaped tiles, at most `batch` each (the order of `ids` is kept)."""
-    chunks: list[list[int]] = []
+    """Tiles of one shape together, at most `batch` a call and as few calls as that allows (alpha fusion diffuses
+    tiles independently, so the order does not matter; the shifted last tiles of a row or column are grouped
+    with each other instead of cutting the row into short runs). Chunks of a shape are made equal-sized."""
+    by_shape: dict[tuple[int, int], list[int]] = {}
     for i in ids:
-        shape = (boxes[i].height, boxes[i].width)
-        if chunks and len(chunks[-1]) < batch and (boxes[chunks[-1][0]].height, boxes[chunks[-1][0]].width) == shape:
-            chunks[-1].append(i)
-        else:
-            chunks.append([i])
+        by_shape.setdefault((boxes[i].height, boxes[i].width), []).append(i)
+    chunks: list[list[int]] = []
+    for group in by_shape.values():
+        n = math.ceil(len(group) / batch)
+        size = math.ceil(len(group) / n)
+        chunks += [group[k:k + size] for k in range(0, len(group), size)]
     return chunks
 
 
@@ -238,7 +241,7 @@ def grid_stage(run: _Run, image: torch.Tensor, mask_px: torch.Tensor, stage: int
     strength = run.config.upscale.grid_strength
     if grid.fusion == "latent":
         return latent_fusion(run, image, mask_px, [boxes[i] for i in run_ids], stage), len(run_ids), len(boxes)
-    tiles: list[torch.Tensor] = []                                  # in run_ids order: chunks keep it
+    tiles: dict[int, torch.Tensor] = {}
     batch = grid_batch(run, (grid.tile, grid.tile), len(run_ids))
     bar = tqdm(total=len(run_ids), desc=f"stage{stage} tiles", unit="tile", leave=False,
                disable=not run.config.progress)
@@ -247,10 +250,11 @@ def grid_stage(run: _Run, image: torch.Tensor, mask_px: torch.Tensor, stage: int
         gens = [generator(run.config.seed, stage, 0 if q.same_seed_per_tile else i) for i in chunk]
         out = refine(run, torch.cat([image[..., *boxes[i].slices] for i in chunk]),
                      torch.cat([mask_px[..., *boxes[i].slices] for i in chunk]), strength, gens, run.grid_cond)
-        tiles += out.split(1)
+        tiles.update(zip(chunk, out.split(1)))
         bar.update(len(chunk))
     bar.close()
-    out = alpha_composite(tiles, [boxes[i] for i in run_ids], image, grid.overlap, q.alpha_quantize)
+    out = alpha_composite([tiles[i] for i in run_ids], [boxes[i] for i in run_ids], image, grid.overlap,
+                          q.alpha_quantize)
     return out, len(run_ids), len(boxes)
 
 

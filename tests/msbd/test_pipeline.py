@@ -160,6 +160,19 @@ def test_batched_grid_tiles_match_one_by_one(bundle, fusion):
     assert split["unet"]["calls"] == outs[4].model_calls and split["vae_decode"]["calls"] >= 1
 
 
+def test_grid_chunks_group_tiles_by_shape_in_as_few_calls_as_the_batch_allows():
+    """A row's shifted last tile has its own width; chunks group equal shapes across rows (order-free under alpha
+    fusion) instead of cutting every row into a long run and a single tile."""
+    from msbd.crop import Box
+    from msbd.pipeline import _chunks
+    boxes = [Box(r * 48, c, r * 48 + 64, c + (64 if c < 144 else 40)) for r in range(5) for c in (0, 48, 96, 144)]
+    chunks = _chunks(list(range(len(boxes))), boxes, batch=8)
+    assert sorted(i for c in chunks for i in c) == list(range(20))
+    assert all(len({(boxes[i].height, boxes[i].width) for i in c}) == 1 for c in chunks)
+    assert sorted(map(len, chunks)) == [5, 7, 8]                             # 15 wide tiles in 2 calls, 5 narrow in 1
+    assert max(map(len, _chunks(list(range(20)), boxes, batch=1))) == 1
+
+
 def test_upscaling_stages_use_their_own_eta_and_guidance(bundle, monkeypatch):
     """upscale.eta / upscale.guidance drive the upscaling stages; first_stage.* only the first (issue 23 item 5)."""
     import msbd.pipeline as pipeline
