@@ -44,7 +44,8 @@ VARIANTS = {"full": {"region": "full", "max_steps": 0, "autocast_bf16": False},
             "border_100": {"region": "border", "max_steps": 100, "autocast_bf16": False},
             "border_50": {"region": "border", "max_steps": 50, "autocast_bf16": False},
             "levels_1": {"train_levels": 1}, "levels_2": {"train_levels": 2},
-            "levels_1_lr1e-3": {"train_levels": 1, "lr": 1e-3}, "levels_2_lr1e-3": {"train_levels": 2, "lr": 1e-3}}
+            "levels_1_lr1e-3": {"train_levels": 1, "lr": 1e-3}, "levels_2_lr1e-3": {"train_levels": 2, "lr": 1e-3},
+            "lr1e-3": {"lr": 1e-3}, "levels_1_lr3e-3": {"train_levels": 1, "lr": 3e-3}}
 
 
 def psnr(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float:

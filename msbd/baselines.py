@@ -3,7 +3,8 @@
 * `naive`: blended latent diffusion directly at `size` (long edge, larger than native) on the final crop rectangle,
   then bilinear-AA to the crop's full size and pasted inside the mask.
 * `segmented`: the final crop cut into native-size windows; every window that contains mask pixels is edited
-  independently from the original by blended diffusion at native size (no upscaling); each pixel is taken from
+  independently from the original by blended diffusion at native size (no upscaling; windows are batched as grid
+  tiles are, `grid.batch`, each with its own generator); each pixel is taken from
   one window only (the last window of a row or column, shifted in, overlaps its neighbour but gives only the
   pixels its neighbour lacks), then pasted.
 
@@ -23,7 +24,7 @@ from msbd.crop import Box, plan_crop, to_work_image, to_work_mask
 from msbd.mask import binarize, resize_image, resize_mask
 from msbd.models import ModelBundle, denoiser
 from msbd.inpaint import conditioned_model
-from msbd.pipeline import _ceil64, _Counter, _latent_mask, _Run, _sampler_config, generator, paste
+from msbd.pipeline import _ceil64, _Counter, _latent_mask, _Run, _sampler_config, generator, grid_batch, paste
 from msbd.stitch import grid_tiles
 
 
@@ -40,12 +41,15 @@ def _setup(image: np.ndarray, mask: np.ndarray, prompt: str, config: MSBDConfig,
     return run, image01, mask_bin, plan, to_work_image(image01, plan), to_work_mask(mask_bin, plan)
 
 
-def _blended(run: _Run, image: torch.Tensor, mask_px: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Blended DDIM (+ RePaint) from noise, first-stage settings, batch 1: [1, 3, h, w] in [0, 1]."""
+def _blended(run: _Run, image: torch.Tensor, mask_px: torch.Tensor,
+             gens: torch.Generator | list[torch.Generator]) -> torch.Tensor:
+    """Blended DDIM (+ RePaint) from noise, first-stage settings: [K, 3, h, w] in [0, 1], one generator per image
+    (K images of one shape go through the VAE and the UNet together; image k depends only on gens[k])."""
     fs = run.config.first_stage
+    gens = [gens] if isinstance(gens, torch.Generator) else list(gens)
     cfg = _sampler_config(run, fs.steps, fs.strength, repaint_steps=fs.repaint_steps, repaint_jump=fs.repaint_jump)
     model = conditioned_model(run.model, run.bundle, image, mask_px)       # inpainting UNets: [x_t, mask, masked]
-    z = sample(model, cfg, generators=[gen], context=run.cond, uncond_context=run.uncond,
+    z = sample(model, cfg, generators=gens, context=run.cond, uncond_context=run.uncond,
                source=run.bundle.encode(image * 2 - 1), mask=_latent_mask(run, mask_px))
     return run.bundle.decode(z)
 
@@ -83,12 +87,16 @@ def segmented(image: np.ndarray, mask: np.ndarray, prompt: str, config: MSBDConf
     source = work[..., *box.slices]
     out = source.clone()
     crop_mask = work_mask[..., *box.slices]
-    for win, cell in window_cells(box.height, box.width, native):
-        if not crop_mask[..., *cell.slices].any():
-            continue
-        edited = _blended(run, source[..., *win.slices], crop_mask[..., *win.slices],
-                          generator(run.config.seed, 0, win.top, win.left))
-        out[..., *cell.slices] = edited[..., *cell.shift(-win.top, -win.left).slices]
+    pairs = [(win, cell) for win, cell in window_cells(box.height, box.width, native)
+             if crop_mask[..., *cell.slices].any()]
+    batch = grid_batch(run, (native, native), len(pairs))                 # windows share one shape
+    for start in range(0, len(pairs), batch):
+        chunk = pairs[start:start + batch]
+        edited = _blended(run, torch.cat([source[..., *win.slices] for win, _ in chunk]),
+                          torch.cat([crop_mask[..., *win.slices] for win, _ in chunk]),
+                          [generator(run.config.seed, 0, win.top, win.left) for win, _ in chunk])
+        for (win, cell), one in zip(chunk, edited.split(1)):
+            out[..., *cell.slices] = one[..., *cell.shift(-win.top, -win.left).slices]
     return paste(image, mask_bin, out, box, work, plan, config)
 
 

@@ -61,6 +61,25 @@ def test_segmented_windows_are_edited_from_the_original_in_any_order(bundle, mon
     assert np.array_equal(segmented(image, mask, "a red cube", cfg, bundle), forward)
 
 
+def test_segmented_windows_batched_match_one_by_one(bundle, monkeypatch):
+    """Windows go through the UNet together (grid.batch); per-window generators keep the result that of one window
+    per call, up to the kernels' batch-dependent rounding."""
+    image, mask = scene(70, 75, (10, 10, 60, 65))
+    real, batches = msbd.baselines.sample, []
+
+    def spy(model, cfg, generators, **kw):
+        batches.append(len(generators))
+        return real(model, cfg, generators=generators, **kw)
+
+    monkeypatch.setattr(msbd.baselines, "sample", spy)
+    outs = {}
+    for batch in (1, 4):
+        batches.clear()
+        outs[batch] = segmented(image, mask, "a red cube", tiny_config(grid__batch=batch), bundle).astype(int)
+        assert batches == ([1, 1, 1, 1] if batch == 1 else [4])                # the crop's 4 masked windows
+    assert np.abs(outs[4] - outs[1]).max() <= 1
+
+
 def test_seed_minus_one_draws_a_seed(bundle):
     """Issue 23: seed -1 (random) passed validation and then failed in numpy's SeedSequence."""
     image, mask = scene(70, 75, (10, 10, 60, 65))
