@@ -71,8 +71,12 @@ def capture(task: int, size: int, base: MSBDConfig, bundle, path: Path) -> dict:
     return captured
 
 
+def capture_path(out: Path, task: int, args) -> Path:
+    return out / f"capture_task{task}_{args.size}_{args.iterations}it.pt"
+
+
 def to_u8(x: torch.Tensor) -> np.ndarray:
-    return (x[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+    return (x[0].float().cpu().permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
 
 
 def measure(image: torch.Tensor, cap: dict) -> tuple[dict, np.ndarray]:
@@ -101,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                         choices=list(VARIANTS))
     parser.add_argument("--out", default=str(ROOT / "outputs" / "bench_decoder_opt_isolated"))
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="torch device of the models (cpu, cuda)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -113,20 +118,24 @@ def main(argv: list[str] | None = None) -> int:
     base.decoder_opt.iterations = args.iterations
     bundle = load_bundle(ModelSpec(ckpt="msbd/toy/weights/toy-ldm.safetensors",
                                    upscaler="msbd/toy/weights/toy-sr-x4.safetensors",
-                                   reranker="msbd/toy/weights/toy-clip.safetensors"), base)
+                                   reranker="msbd/toy/weights/toy-clip.safetensors"), base, device=args.device)
     for task in args.tasks:
-        cap_path = out / f"capture_task{task}_{args.size}.pt"
+        cap_path = capture_path(out, task, args)                  # the earlier stages' iterations shape its input
         cap = torch.load(cap_path) if cap_path.exists() else capture(task, args.size, base, bundle, cap_path)
+        inputs = {k: cap[k].to(bundle.device) for k in ("sample", "ref", "mask")}
         for name in args.variants:
             if (task, name) in done:
                 continue
             config = DecoderOptConfig(**{**base.decoder_opt.__dict__, **VARIANTS[name]})
             t0 = time.perf_counter()
             if config.enabled:
-                res = decoder_optimization(bundle, cap["sample"], cap["ref"], cap["mask"], config, cap["max_edgelen"])
+                res = decoder_optimization(bundle, inputs["sample"], inputs["ref"], inputs["mask"], config,
+                                           cap["max_edgelen"])
                 image, loss = res.image, res.loss_after
             else:
-                image, loss = cap["sample"], math.nan
+                image, loss = inputs["sample"], math.nan
+            if bundle.device.type == "cuda":
+                torch.cuda.synchronize()
             seconds = time.perf_counter() - t0
             measures, composite = measure(image, cap)
             np.save(out / f"task{task}_{args.size}_{args.iterations}_{name}.npy", composite)
@@ -145,7 +154,7 @@ def summarise(rows: list[dict], out: Path, args) -> None:
     for r in rows:
         full = out / f"task{r['task']}_{args.size}_{args.iterations}_full.npy"
         mine = out / f"task{r['task']}_{args.size}_{args.iterations}_{r['variant']}.npy"
-        cap = out / f"capture_task{r['task']}_{args.size}.pt"
+        cap = capture_path(out, r["task"], args)
         if full.exists() and mine.exists() and cap.exists():
             mask = torch.load(cap)["mask"][0, 0].numpy() > 0.5
             r["psnr_mask_vs_full"] = psnr(np.load(mine), np.load(full), mask)

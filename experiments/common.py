@@ -118,6 +118,8 @@ def load_bundle(spec: ModelSpec, msbd_config: MSBDConfig, dtype: torch.dtype = t
                               dtype=dtype, device=device, seed=spec.seed, inpainting=spec.inpainting)
     except (OSError, RuntimeError) as err:          # unreadable / corrupt files: one line, not a traceback
         raise InputError(f"could not load the model weights: {str(err).splitlines()[0]}") from None
+    from msbd.pipeline import check_for_bundle
+    check_for_bundle(msbd_config, bundle)
     if random_sr:
         bundle.upscaler = random_upscaler(spec.seed).to(bundle.device)
     if random_rr:

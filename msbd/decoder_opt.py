@@ -228,8 +228,12 @@ def _decode(bundle: ModelBundle, z: torch.Tensor) -> torch.Tensor:
 
 def _frozen_levels(decoder: torch.nn.Module, train_levels: int) -> int | None:
     """None when the whole decoder trains (train_levels=0, the reference), else how many of its coarsest levels
-    stay frozen with conv_in and the middle block: all but the `train_levels` finest (0 when that is every level)."""
-    return None if train_levels == 0 else max(len(decoder.up) - train_levels, 0)
+    stay frozen with conv_in and the middle block: all but the `train_levels` finest (0 when that is every level,
+    which still freezes conv_in and the middle block)."""
+    if train_levels > len(decoder.up):
+        raise ValueError(f"decoder_opt.train_levels must be at most the decoder's {len(decoder.up)} levels, "
+                         f"got {train_levels}")
+    return None if train_levels == 0 else len(decoder.up) - train_levels
 
 
 def _trained_modules(decoder: torch.nn.Module, frozen: int | None) -> list[torch.nn.Module]:

@@ -233,6 +233,7 @@ class Decoder(nn.Module):
     def head(self, z: torch.Tensor, levels: int) -> torch.Tensor:
         """The activations after conv_in, mid and the `levels` coarsest resolution levels (with their upsampling);
         tail(head(z, k), k) == forward(z) for every 0 <= k <= len(up)."""
+        self._check_levels(levels)
         h = self.mid(self.conv_in(z))
         for level in list(reversed(self.up))[:levels]:
             h = _run_level(level, h)
@@ -242,11 +243,16 @@ class Decoder(nn.Module):
 
     def tail(self, h: torch.Tensor, levels: int) -> torch.Tensor:
         """The rest of `forward` after `head(z, levels)`: the finer levels, norm_out and conv_out."""
+        self._check_levels(levels)
         for level in list(reversed(self.up))[levels:]:
             h = _run_level(level, h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+    def _check_levels(self, levels: int) -> None:
+        if not 0 <= levels <= len(self.up):
+            raise ValueError(f"Decoder: levels must be in 0..{len(self.up)}, got {levels}")
 
 
 class AutoencoderKL(nn.Module):

@@ -43,5 +43,7 @@ def test_smoke_run_writes_rows_and_a_table(tmp_path):
     table = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "variant" not in line]
     assert [line.split("|")[1].strip() for line in table] == ["full", "default", "off"]
     assert "| inf |" in table[0]                                   # full against itself
-    again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)   # resumes: nothing new
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300,    # resumes: nothing new
+                           env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert again.returncode == 0 and len((tmp_path / "rows_256px_1it.jsonl").read_text().splitlines()) == 3
+    assert [p.name for p in tmp_path.glob("capture_*.pt")] == ["capture_task0_256_1it.pt"]   # keyed by iterations

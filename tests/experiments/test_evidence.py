@@ -43,7 +43,8 @@ def fake_edits(monkeypatch):
 
 def test_a_stopped_run_resumes_where_it_stopped_and_pairs_every_variant(tmp_path, fake_edits):
     ctx = _ctx(tmp_path)
-    total = sum(len(plan(s, g, 0)) * len(s.variants) for g, s in PRESETS["tiny"].items())
+    total = sum(len(plan(PRESETS["tiny"][g], g, 0)) * len(PRESETS["tiny"][g].variants)
+                for g in evidence.default_groups("tiny"))                 # bars only when named
     evidence.run(ctx, Params(preset="tiny", max_edits=3, report=False))
     assert len(load_rows(tmp_path / "rows.jsonl")) == 3
     with open(tmp_path / "rows.jsonl", "a") as f:
@@ -57,7 +58,7 @@ def test_a_stopped_run_resumes_where_it_stopped_and_pairs_every_variant(tmp_path
     by_case = {}
     for r in rows:                                          # every variant of a group edits the same cases
         by_case.setdefault((r["group"], r["variant"]), set()).add(evidence_report.case_of(r))
-    for group in PRESETS["tiny"]:
+    for group in evidence.default_groups("tiny"):
         cases = [v for (g, _), v in by_case.items() if g == group]
         assert all(c == cases[0] for c in cases)
     evidence.run(ctx, Params(preset="tiny", report=False))  # complete: nothing new
@@ -160,9 +161,11 @@ def test_the_experiment_config_composes_and_checks(tmp_path):
     from msbd.errors import InputError
     cfg = compose_experiment(tmp_path, "evidence", "model=random")
     _, params = run_script.check(cfg)
-    assert params.preset == "readme" and params.groups == ["main", "repaint", "seeds", "bars"]
+    assert params.preset == "readme" and params.groups == ["main", "repaint", "seeds"]
     with pytest.raises(InputError, match="evidence.preset"):
         run_script.check(compose_experiment(tmp_path, "evidence", "model=random", "evidence.preset=huge"))
+    _, params = run_script.check(compose_experiment(tmp_path, "evidence", "model=random", "evidence.groups=[bars]"))
+    assert params.groups == ["bars"]
 
 
 def test_c5_pairs_the_decoder_optimisation_variants_of_either_preset():
@@ -197,3 +200,4 @@ def test_the_bars_come_from_the_bars_group_when_the_rows_hold_one(tmp_path):
                 if b["metric"] == "one object"}
     assert verdicts["naive"] == "supported"                                 # 12 of 12 pairs, p = 2^-11
     assert "Bars of issue 21 at 4 MP" in (tmp_path / "results.md").read_text()
+    assert "Bars of issue 21 at 4 MP" in (tmp_path / "bars.md").read_text()

@@ -153,3 +153,6 @@ def test_decoder_head_and_tail_compose_to_forward():
             h = vae.decoder.head(z, k)
             assert h.shape[-2:] == (6 * 2 ** min(k, len(vae.decoder.up) - 1), 5 * 2 ** min(k, len(vae.decoder.up) - 1))
             torch.testing.assert_close(vae.decoder.tail(h, k), full, rtol=0, atol=0)
+        for bad in (-1, len(vae.decoder.up) + 1):
+            with pytest.raises(ValueError, match="levels"):
+                vae.decoder.head(z, bad)

@@ -2,6 +2,9 @@
 region="border" optimises and re-decodes only the tiles holding the mask border."""
 from __future__ import annotations
 
+from dataclasses import replace
+
+import pytest
 import torch
 
 from msbd.config import DecoderOptConfig
@@ -174,34 +177,46 @@ def test_bf16_autocast_where_the_device_has_it(monkeypatch):
         assert decoder_opt.bf16_autocast_supported(torch.device("cuda")) is supported
 
 
-def test_train_levels_trains_only_the_finest_levels_and_matches_the_whole_decoder_at_step_zero():
-    """train_levels=k: Adam moves only the k finest levels and the output layers (the frozen part runs once per
-    tile); before the first step the loss is the whole decoder's, and the loss still goes down."""
+@pytest.mark.parametrize("autocast_bf16", [True, False])
+def test_train_levels_trains_only_the_finest_levels_and_matches_the_whole_decoder_at_step_zero(autocast_bf16):
+    """train_levels=k: Adam moves only the k finest levels and the output layers, and the frozen part runs once
+    per tile, not per step; before the first step the loss is the whole decoder's, and the loss still goes down."""
     bundle = build_bundle("tiny-test", seed=0)
     decoder = bundle.vae.decoder
     before = {k: v.clone() for k, v in decoder.state_dict().items()}
     sample, ref, mask = _inputs()
-    seen = {}
+    seen, calls = {}, []
 
     def snapshot():
         seen.update({k: v.clone() for k, v in decoder.state_dict().items()})
 
-    whole = decoder_optimization(bundle, sample, ref, mask, DecoderOptConfig(iterations=10, lr=1e-3), 48)
-    res = decoder_optimization(bundle, sample, ref, mask, DecoderOptConfig(iterations=10, lr=1e-3, train_levels=1),
-                               48, on_step=snapshot)
+    cfg = DecoderOptConfig(iterations=10, lr=1e-3, autocast_bf16=autocast_bf16)
+    whole = decoder_optimization(bundle, sample, ref, mask, cfg, 48)
+    hook = decoder.conv_in.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        res = decoder_optimization(bundle, sample, ref, mask, replace(cfg, train_levels=1), 48, on_step=snapshot)
+    finally:
+        hook.remove()
+    # conv_in: D_0 and the frozen head once per tile (1 tile), the loss before/after, the re-decode; not per step
+    assert len(res.losses) == 10 and len(calls) <= 5
     assert abs(res.loss_before - whole.loss_before) <= 1e-3 * whole.loss_before
     assert res.loss_after < 0.9 * res.loss_before
-    finest = len(decoder.up) - 1
+    coarsest = len(decoder.up) - 1
     moved = {k for k in before if not torch.equal(before[k], seen[k])}
     assert moved and all(k.startswith(("up.0.", "norm_out", "conv_out")) for k in moved), sorted(moved)[:5]
-    assert any(k.startswith("up.0.") for k in moved) and not any(k.startswith(f"up.{finest}.") for k in moved)
+    assert any(k.startswith("up.0.") for k in moved) and not any(k.startswith(f"up.{coarsest}.") for k in moved)
     assert all(torch.equal(before[k], v) for k, v in decoder.state_dict().items())      # restored afterwards
     assert not torch.equal(res.image, whole.image)
 
 
 def test_train_levels_is_validated():
-    import pytest
-
     from msbd.config import MSBDConfig
+    from msbd.errors import InputError
+    from msbd.pipeline import check_for_bundle
     with pytest.raises(ValueError, match="train_levels"):
         MSBDConfig(decoder_opt=DecoderOptConfig(train_levels=-1)).validate()
+    bundle = build_bundle("tiny-test", seed=0)
+    levels = len(bundle.vae.decoder.up)
+    check_for_bundle(MSBDConfig(decoder_opt=DecoderOptConfig(train_levels=levels)), bundle)
+    with pytest.raises(InputError, match="train_levels"):
+        check_for_bundle(MSBDConfig(decoder_opt=DecoderOptConfig(train_levels=levels + 1)), bundle)

@@ -170,6 +170,7 @@ def test_grid_chunks_group_tiles_by_shape_in_as_few_calls_as_the_batch_allows():
     assert sorted(i for c in chunks for i in c) == list(range(20))
     assert all(len({(boxes[i].height, boxes[i].width) for i in c}) == 1 for c in chunks)
     assert sorted(map(len, chunks)) == [5, 7, 8]                             # 15 wide tiles in 2 calls, 5 narrow in 1
+    assert sorted(map(len, _chunks(list(range(10)), boxes[:1] * 10, batch=4))) == [3, 3, 4]   # balanced
     assert max(map(len, _chunks(list(range(20)), boxes, batch=1))) == 1
 
 
