@@ -47,6 +47,22 @@ def _upscaler_bytes(bundle: ModelBundle, side_px: int) -> float:
     return 3 * 16 * side_px ** 2 * feat * elem + 16 * side_px ** 2 * 3 * 4 * 2   # + the float output and its resize
 
 
+def _decoder_cache_bytes(config: MSBDConfig, bundle: ModelBundle, long_edge: int) -> float:
+    """decoder_opt.train_levels > 0 keeps the frozen part's output for every training tile: the input channels of
+    the finest trained level at its resolution, in bf16 under autocast (else fp32), over at most every tile of the
+    stage (tile/4 overlap: (4/3)^2 of its pixels)."""
+    dec, decoder = config.decoder_opt, bundle.vae.decoder
+    if dec.train_levels <= 0:
+        return 0.0
+    k = min(dec.train_levels, len(decoder.up))
+    first_trained = decoder.up[k - 1]                   # up[0] is the finest level; the trained ones are up[:k]
+    channels = first_trained.block[0].conv1.in_channels
+    scale = 2 ** (k - 1)                                 # the input of up[k-1] is 2^(k-1) times coarser than pixels
+    from msbd.decoder_opt import bf16_autocast_supported
+    elem = 2 if dec.autocast_bf16 and bf16_autocast_supported(bundle.device) else 4
+    return channels * (long_edge / scale) ** 2 * (4 / 3) ** 2 * elem
+
+
 def estimate_memory(config: MSBDConfig, bundle: ModelBundle, image_hw: tuple[int, int], long_edge: int) -> dict:
     """Peak bytes of the largest model call, per setting that drives it, plus the images held in memory."""
     fs, up, grid, dec = config.first_stage, config.upscale, config.grid, config.decoder_opt
@@ -75,6 +91,7 @@ def estimate_memory(config: MSBDConfig, bundle: ModelBundle, image_hw: tuple[int
         if long_edge > up.max_edgelen:
             parts["decoder_opt.tile"] = 9 * 2 * _vae_bytes(bundle, dec.tile)
         images += 36 * long_edge ** 2     # per-tile inputs kept during decoder optimisation (9 floats a pixel)
+        images += _decoder_cache_bytes(config, bundle, long_edge)
     on_device = bundle.device.type != "cpu"
     peak = max(parts.values()) + images + (0 if on_device else host)
     return {"peak": peak, "driver": max(parts, key=parts.get), "parts": parts, "host": host if on_device else peak,

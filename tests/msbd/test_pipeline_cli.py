@@ -136,3 +136,23 @@ def test_seed_minus_one_draws_a_seed_that_the_output_records(bundle, files, tmp_
     assert np.array_equal(first.image, again.image)
     with pytest.raises(InputError, match=r"seed must be an integer >= 0, or -1 for a random seed, got -2"):
         edit(img_path, mask_path, "a red cube", tmp_path / "c.png", tiny_config(seed=-2), bundle, progress=False)
+
+
+def test_memory_estimate_counts_the_frozen_decoder_activations_of_train_levels():
+    """train_levels > 0 keeps the frozen part's output of every training tile: its channels x pixels, per tile."""
+    import torch
+
+    from msbd.config import MSBDConfig
+    from msbd.memory import _decoder_cache_bytes
+    bundle = build_bundle("tiny-test", seed=0)
+    cfg = MSBDConfig.for_native_size(32)
+    cfg.decoder_opt.autocast_bf16 = False                          # fp32 activations: 4 bytes
+    whole = estimate_memory(cfg, bundle, (1024, 1024), 1024)["peak"]
+    decoder, f = bundle.vae.decoder, bundle.latent_factor
+    z = torch.zeros(1, bundle.vae.config.z_channels, 64 // f, 64 // f)
+    for k in range(1, len(decoder.up) + 1):
+        cfg.decoder_opt.train_levels = k
+        cached = decoder.head(z, len(decoder.up) - k)               # what decoder_opt keeps for a 64 px tile
+        per_px = cached.numel() * 4 / 64 ** 2
+        assert _decoder_cache_bytes(cfg, bundle, 1024) == pytest.approx(per_px * 1024 ** 2 * 16 / 9)
+        assert estimate_memory(cfg, bundle, (1024, 1024), 1024)["peak"] > whole
