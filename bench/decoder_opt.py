@@ -34,7 +34,8 @@ from msbd.pipeline import run_msbd  # noqa: E402
 # border tiles, no cap; off: no decoder optimisation; border_bf16: border under bf16 autocast; full_all_tiles:
 # the reference with the background-only tiles optimised too (skip_empty_tiles=false);
 # border_100 / border_50: border tiles, <= 100 / 50 steps; levels_1 / levels_2: the defaults with only the
-# decoder's 1 / 2 finest levels trained (train_levels)
+# decoder's 1 / 2 finest levels trained (train_levels), "_lr1e-3" / "_lr3e-3" at that learning rate; lr1e-3: the
+# whole decoder at lr 1e-3
 VARIANTS = {"full": {"region": "full", "max_steps": 0, "autocast_bf16": False},
             "border": {"region": "border", "max_steps": 200, "autocast_bf16": False},
             "default": {},
