@@ -46,6 +46,9 @@ VARIANTS = {
     "levels_2_lr1e-3": {"train_levels": 2, "lr": 1e-3},
     "lr1e-3_100": {"lr": 1e-3, "max_steps": 100},
     "levels_1_lr1e-3_100": {"train_levels": 1, "lr": 1e-3, "max_steps": 100},
+    "lr2e-4_100": {"lr": 2e-4, "max_steps": 100},
+    "lr3e-4_100": {"lr": 3e-4, "max_steps": 100},
+    "default_100": {"max_steps": 100},
     "off": {"enabled": False},
 }
 
