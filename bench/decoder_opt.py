@@ -55,6 +55,23 @@ def psnr(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float:
     return math.inf if mse == 0 else 10 * math.log10(255 ** 2 / mse)
 
 
+def open_run(args, device: str = "cpu") -> tuple[Path, Path, list[dict], MSBDConfig, object]:
+    """Threads, the output folder, its rows file (`rows_<size>px_<iterations>it.jsonl`) and the rows already there,
+    the toy world's config with `args.iterations` decoder-optimisation epochs, and the toy models."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows_path = out / f"rows_{args.size}px_{args.iterations}it.jsonl"
+    rows = [json.loads(line) for line in rows_path.read_text().splitlines()] if rows_path.exists() else []
+    base = MSBDConfig.for_native_size(128)
+    base.decoder_opt.iterations = args.iterations
+    bundle = load_bundle(ModelSpec(ckpt="msbd/toy/weights/toy-ldm.safetensors",
+                                   upscaler="msbd/toy/weights/toy-sr-x4.safetensors",
+                                   reranker="msbd/toy/weights/toy-clip.safetensors"), base, device=device)
+    return out, rows_path, rows, base, bundle
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, nargs="+", default=[0, 1, 2, 3])
@@ -64,19 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "outputs" / "bench_decoder_opt"))
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows_path = out / f"rows_{args.size}px_{args.iterations}it.jsonl"
-    done = set()
-    if rows_path.exists():
-        done = {(r["task"], r["variant"]) for r in map(json.loads, rows_path.read_text().splitlines())}
-    base = MSBDConfig.for_native_size(128)
-    base.decoder_opt.iterations = args.iterations
-    bundle = load_bundle(ModelSpec(ckpt="msbd/toy/weights/toy-ldm.safetensors",
-                                   upscaler="msbd/toy/weights/toy-sr-x4.safetensors",
-                                   reranker="msbd/toy/weights/toy-clip.safetensors"), base)
+    out, rows_path, rows, base, bundle = open_run(args)
+    done = {(r["task"], r["variant"]) for r in rows}
     for task in args.tasks:
         case = toy_case(task, args.size)
         for name in args.variants:

@@ -27,7 +27,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from experiments.common import ModelSpec, load_bundle, toy_case  # noqa: E402
+from decoder_opt import open_run  # noqa: E402  (bench/, the script's own folder)
+from experiments.common import toy_case  # noqa: E402
 from msbd.config import DecoderOptConfig, MSBDConfig  # noqa: E402
 import msbd.pipeline as pipeline  # noqa: E402
 from msbd.decoder_opt import decoder_optimization  # noqa: E402
@@ -110,18 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="torch device of the models (cpu, cuda)")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows_path = out / f"rows_{args.size}px_{args.iterations}it.jsonl"
-    rows = [json.loads(line) for line in rows_path.read_text().splitlines()] if rows_path.exists() else []
+    out, rows_path, rows, base, bundle = open_run(args, device=args.device)
     done = {(r["task"], r["variant"]) for r in rows}
-    base = MSBDConfig.for_native_size(128)
-    base.decoder_opt.iterations = args.iterations
-    bundle = load_bundle(ModelSpec(ckpt="msbd/toy/weights/toy-ldm.safetensors",
-                                   upscaler="msbd/toy/weights/toy-sr-x4.safetensors",
-                                   reranker="msbd/toy/weights/toy-clip.safetensors"), base, device=args.device)
     for task in args.tasks:
         cap_path = capture_path(out, task, args)                  # the earlier stages' iterations shape its input
         cap = torch.load(cap_path) if cap_path.exists() else capture(task, args.size, base, bundle, cap_path)
