@@ -46,6 +46,7 @@ METRICS: dict[str, Callable[[dict], float]] = {
     "colour ok": lambda r: math.nan if "error" in r else float(bool(r["colour_ok"])),
     "edge ratio": lambda r: _num(r, "edge_ratio"),
     "seam": lambda r: _num(r, "seam"),
+    "seam bg": lambda r: _num(r, "seam_bg"),          # away from the object's outline (rows from 2026-12-06 on)
     "halo colour": lambda r: _num(r, "halo_colour"),
     "halo texture": lambda r: _num(r, "halo_texture"),
     "tile step": lambda r: _num(r, "tile_step"),

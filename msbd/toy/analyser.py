@@ -63,6 +63,7 @@ class EditReport:
     seam: float
     seam_ref: float
     psnr_outside: float
+    seam_bg: float = math.nan       # seam along the contour away from the prompt's colour (the object's outline)
     halo_colour: float = math.nan  # mean-colour distance (0-255) between the repainted ring inside and the original
     halo_texture: float = math.nan  # high-frequency energy inside the ring over outside (1 = same texture)
     # with the grid stage's tiles (analyse_edit(tiles=...)): steps between neighbouring tiles inside the mask, the
@@ -198,11 +199,19 @@ def gradient_energy(image: np.ndarray) -> np.ndarray:
     return (gy**2 + gx**2).sum(axis=-1)
 
 
-def seam_strength(edited: np.ndarray, source: np.ndarray, mask: np.ndarray, band_px: float) -> float:
-    """Mean gradient energy along the mask contour in `edited` over the same in `source`."""
+def seam_strength(edited: np.ndarray, source: np.ndarray, mask: np.ndarray, band_px: float,
+                  exclude: np.ndarray | None = None) -> float:
+    """Mean gradient energy along the mask contour in `edited` over the same in `source`.
+
+    exclude: pixels whose neighbourhood (band_px + 1 around them) leaves the band, e.g. the new object: where an
+    object reaches the contour its own outline is not a seam. nan when nothing of the band is left."""
     if mask.all() or not mask.any():
         raise ValueError("the mask has no contour (it is empty or covers everything)")
     band = contour_band(mask, band_px)
+    if exclude is not None and exclude.any():
+        band &= ndimage.distance_transform_edt(~exclude) > band_px + 1
+        if not band.any():
+            return math.nan
     return float(gradient_energy(edited)[band].mean() / max(gradient_energy(source)[band].mean(), 1e-12))
 
 
@@ -416,6 +425,7 @@ def analyse_edit(
         edge_width_ref_px=width_ref,
         edge_ratio=width_px / width_ref if width_ref > 0 else math.nan,  # nan if either is missing
         seam=seam_strength(ed, src, m, band_px),
+        seam_bg=seam_strength(ed, src, m, band_px, classes_ed == colour),
         seam_ref=seam_strength(truth, src, m, band_px),
         psnr_outside=psnr_outside(edited, source, mask),
         halo_colour=halo_colour,

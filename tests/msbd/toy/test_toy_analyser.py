@@ -134,6 +134,21 @@ def test_seam_untouched_is_one_and_hard_paste_is_larger():
         seam_strength(source, source, np.zeros_like(mask), 2.0)
 
 
+def test_seam_away_from_the_object_ignores_an_object_that_fills_the_mask():
+    """An object reaching the contour draws its outline along it: `seam` counts it, `seam_bg` (the band minus the
+    object's neighbourhood) does not, and still sees a pasted brightness step elsewhere on the contour."""
+    source = render(random_scene(8, n_objects=0), 128)
+    mask = render_mask(MaskRegion("ellipse", 0.5, 0.5, 0.3, 0.2), 128)
+    obj = mask & (np.arange(128)[None, :] < 64)                      # the left half of the mask: an object
+    edited = np.where(obj[..., None], np.array(PALETTE["red"], np.uint8), source).astype(np.uint8)
+    red = colour_classes(edited) == COLOURS.index("red")
+    assert seam_strength(edited, source, mask, 2.0) > 2                # the outline counts as a seam
+    assert seam_strength(edited, source, mask, 2.0, red) == pytest.approx(1.0, abs=0.05)
+    step = np.where((mask & ~obj)[..., None], np.clip(edited.astype(int) + 40, 0, 255), edited).astype(np.uint8)
+    assert seam_strength(step, source, mask, 2.0, red) > 1.5          # a real seam on the object-free side
+    assert math.isnan(seam_strength(edited, source, mask, 2.0, mask | ~mask))   # nothing left of the band
+
+
 def test_psnr_outside():
     rng = np.random.default_rng(0)
     source = np.full((200, 200, 3), 128, dtype=np.uint8)
