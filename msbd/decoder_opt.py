@@ -138,10 +138,10 @@ def decoder_optimization(bundle: ModelBundle, sample: torch.Tensor, ref: torch.T
     dtype, device = bundle.vae_dtype, sample.device
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16,
                               enabled=config.autocast_bf16 and bf16_autocast_supported(device))
+    frozen = _frozen_levels(decoder, config.train_levels)              # checked before the VAE is touched
     vae.float()
     layout = torch.channels_last if config.channels_last else torch.contiguous_format
     decoder.to(memory_format=layout)
-    frozen = _frozen_levels(decoder, config.train_levels)
     try:
         # 1. Fixed inputs per tile: latent of the re-encoded sample (or, with frozen levels, the activations the
         #    frozen part makes of it, computed once), D_0's image, reference, mask, overlap weight
