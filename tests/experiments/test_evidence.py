@@ -3,6 +3,7 @@
 The harness tests replace the edit by a stand-in (the analyser's fields from a formula of the variant and task),
 so they test the bookkeeping in well under a second; the peers run the toy layout on random weights; the whole
 tiny preset on the shipped toy weights is `slow`."""
+import dataclasses
 import json
 import math
 
@@ -199,5 +200,12 @@ def test_the_bars_come_from_the_bars_group_when_the_rows_hold_one(tmp_path):
     verdicts = {b["other"]: b["verdict"] for b in json.loads((tmp_path / "claims.json").read_text())["bars"]
                 if b["metric"] == "one object"}
     assert verdicts["naive"] == "supported"                                 # 12 of 12 pairs, p = 2^-11
+    peer = [dict(r, variant="diffusers inpaint (crop)") for r in bars if r["variant"] == "naive"]
+    no_worse = next(c for c in evidence_report.BARS if c.no_worse)
+    ours = [r for r in bars if r["variant"] == evidence.OURS]
+    bar_group = dataclasses.replace(no_worse, group="bars")
+    assert evidence_report.evaluate(ours + peer, [bar_group])[0]["verdict"] == "met"          # peer worse: met
+    worse = [dict(r, count=3) for r in ours]
+    assert evidence_report.evaluate(worse + [dict(r, count=1) for r in peer], [bar_group])[0]["verdict"] == "not met"
     assert "Bars of issue 21 at 4 MP" in (tmp_path / "results.md").read_text()
     assert "Bars of issue 21 at 4 MP" in (tmp_path / "bars.md").read_text()
