@@ -52,7 +52,7 @@ eval-table: $(STAMP)
 # hours on 2 cores); run it again after a stop and it resumes (finished edits are skipped). `make evidence-bars`
 # runs the issue's 4 MP bars the same way (about 5 minutes a task at one thread; 40 tasks). EVIDENCE_PRESET=full
 # is the >= 40-task benchmark at 1 and 4 MP (days on a CPU). `make evidence-report` rebuilds claims.md, results.md
-# and the figures from the rows on disk, without editing, and puts the claims (and the bars, when their rows exist)
+# and the figures from the rows on disk, without editing (bars.md too when the bars' rows exist), and puts the claims
 # into README's CLAIMS section.
 EVIDENCE_PRESET ?= readme
 EVIDENCE_DIR ?= outputs/evidence/$(EVIDENCE_PRESET)
@@ -73,9 +73,7 @@ evidence-bars: $(STAMP)
 evidence-report: $(STAMP)
 	$(PY) -m experiments.evidence_report $(EVIDENCE_DIR)
 	if [ -f $(BARS_DIR)/rows.jsonl ]; then $(PY) -m experiments.evidence_report $(BARS_DIR); fi
-	cat $(EVIDENCE_DIR)/claims.md $$(ls $(BARS_DIR)/bars.md 2>/dev/null) > $(EVIDENCE_DIR)/readme_claims.md
-	if grep -q "<!-- CLAIMS:BEGIN -->" README.md; then \
-		$(PY) scripts/readme_section.py CLAIMS $(EVIDENCE_DIR)/readme_claims.md; fi
+	if grep -q "<!-- CLAIMS:BEGIN -->" README.md; then $(PY) scripts/readme_section.py CLAIMS $(EVIDENCE_DIR)/claims.md; fi
 
 clean-venv:
 	rm -rf $(VENV)
