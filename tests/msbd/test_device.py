@@ -77,8 +77,10 @@ def _scene(tmp_path):
     return tmp_path / "image.png", tmp_path / "mask.png"
 
 
-@pytest.mark.parametrize("fusion,dtype", [("alpha", "float16"), ("latent", "bfloat16")])
-def test_edit_cli_runs_on_the_emulated_gpu(tmp_path, fusion, dtype):
+@pytest.mark.parametrize("fusion,dtype,extra", [("alpha", "float16", []), ("latent", "bfloat16", []),
+                                                ("alpha", "float16", ["msbd.decoder_opt.train_levels=1"])],
+                         ids=["alpha-fp16", "latent-bf16", "alpha-fp16-train_levels"])
+def test_edit_cli_runs_on_the_emulated_gpu(tmp_path, fusion, dtype, extra):
     """The edit command on model=random with device=cuda under the emulation: decoder optimisation on, a grid
     stage, the x4 upscaler and the reranker in use. Any op mixing devices raises (strict), so exit 0 is the check;
     the output keeps every pixel outside the mask."""
@@ -88,7 +90,7 @@ def test_edit_cli_runs_on_the_emulated_gpu(tmp_path, fusion, dtype):
            f"image={image}", f"mask={mask}", "prompt=a red square", f"output={out}", "device=cuda",
            f"dtype={dtype}", f"msbd.grid.fusion={fusion}", "msbd.decoder_opt.iterations=1", "msbd.first_stage.steps=2",
            "msbd.first_stage.batch=2", "msbd.first_stage.repaint_steps=1", "msbd.upscale.steps=4", "progress=false",
-           f"hydra.run.dir={tmp_path / 'run'}"]
+           f"hydra.run.dir={tmp_path / 'run'}", *extra]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "0 mismatches" in proc.stderr
