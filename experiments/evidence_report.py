@@ -352,11 +352,10 @@ def build_report(out_dir: Path | str) -> dict:
     parts = ["# Evidence benchmark", "", head, claims_markdown(claims)]
     if bars:
         ours4 = bootstrap_mean(values_by_case(rows, bar_group, OURS, "one object", 2048).values())
+        bar_rows = [r for r in rows if r["group"] == bar_group and int(r["size"]) == 2048]
         bars_md = [claims_markdown(bars, "Bars of issue 21 at 4 MP"),
-                   f"ours' one-object rate at 4 MP: {ours4.fmt()} (bar: >= 0.80); "
-                   f"{len([r for r in rows if r['group'] == bar_group and int(r['size']) == 2048])} edits at 4 MP "
-                   f"({len({r['task'] for r in rows if r['group'] == bar_group and int(r['size']) == 2048})} "
-                   f"tasks).\n"]
+                   f"ours' one-object rate at 4 MP: {ours4.fmt()} (bar: >= 0.80); {len(bar_rows)} edits at 4 MP "
+                   f"({len({r['task'] for r in bar_rows})} tasks).\n"]
         (out_dir / "bars.md").write_text("\n".join(bars_md))
         parts += bars_md
     parts += [means_markdown(rows), differences_markdown(differences(rows)), stage_counts_markdown(rows)]

@@ -41,12 +41,10 @@ def _setup(image: np.ndarray, mask: np.ndarray, prompt: str, config: MSBDConfig,
     return run, image01, mask_bin, plan, to_work_image(image01, plan), to_work_mask(mask_bin, plan)
 
 
-def _blended(run: _Run, image: torch.Tensor, mask_px: torch.Tensor,
-             gens: torch.Generator | list[torch.Generator]) -> torch.Tensor:
+def _blended(run: _Run, image: torch.Tensor, mask_px: torch.Tensor, gens: list[torch.Generator]) -> torch.Tensor:
     """Blended DDIM (+ RePaint) from noise, first-stage settings: [K, 3, h, w] in [0, 1], one generator per image
     (K images of one shape go through the VAE and the UNet together; image k depends only on gens[k])."""
     fs = run.config.first_stage
-    gens = [gens] if isinstance(gens, torch.Generator) else list(gens)
     cfg = _sampler_config(run, fs.steps, fs.strength, repaint_steps=fs.repaint_steps, repaint_jump=fs.repaint_jump)
     model = conditioned_model(run.model, run.bundle, image, mask_px)       # inpainting UNets: [x_t, mask, masked]
     z = sample(model, cfg, generators=gens, context=run.cond, uncond_context=run.uncond,
@@ -68,7 +66,7 @@ def naive(image: np.ndarray, mask: np.ndarray, prompt: str, config: MSBDConfig, 
     hw = (_snap(box.height * scale, m), _snap(box.width * scale, m))
     crop = resize_image(work[..., *box.slices], hw)
     mask_px = resize_mask(work_mask[..., *box.slices], hw)
-    out = _blended(run, crop, mask_px, generator(run.config.seed, 0, 0))
+    out = _blended(run, crop, mask_px, [generator(run.config.seed, 0, 0)])
     out = resize_image(out, (box.height, box.width)).clamp(0, 1)
     return paste(image, mask_bin, out, box, work, plan, config)
 

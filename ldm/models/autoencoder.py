@@ -223,32 +223,27 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(block_in, cfg.out_ch, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.mid(self.conv_in(z))
-        for level in reversed(self.up):
-            h = _run_level(level, h)
-            if hasattr(level, "upsample"):
-                h = level.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.tail(self.head(z, 0), 0)
 
     def head(self, z: torch.Tensor, levels: int) -> torch.Tensor:
         """The activations after conv_in, mid and the `levels` coarsest resolution levels (with their upsampling);
         tail(head(z, k), k) == forward(z) for every 0 <= k <= len(up)."""
         self._check_levels(levels)
-        h = self.mid(self.conv_in(z))
-        for level in list(reversed(self.up))[:levels]:
-            h = _run_level(level, h)
-            if hasattr(level, "upsample"):
-                h = level.upsample(h)
-        return h
+        return self._run_levels(self.mid(self.conv_in(z)), list(reversed(self.up))[:levels])
 
     def tail(self, h: torch.Tensor, levels: int) -> torch.Tensor:
         """The rest of `forward` after `head(z, levels)`: the finer levels, norm_out and conv_out."""
         self._check_levels(levels)
-        for level in list(reversed(self.up))[levels:]:
+        h = self._run_levels(h, list(reversed(self.up))[levels:])
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+    @staticmethod
+    def _run_levels(h: torch.Tensor, levels: list[nn.Module]) -> torch.Tensor:
+        for level in levels:
             h = _run_level(level, h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return h
 
     def _check_levels(self, levels: int) -> None:
         if not 0 <= levels <= len(self.up):
