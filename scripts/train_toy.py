@@ -29,6 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from ldm.models.tokenizer import CLIPTokenizer  # noqa: E402
+from ldm.checkpoint.formats import TEXT_FROM_KEY  # noqa: E402
 from msbd.errors import composition_message  # noqa: E402
 from msbd.toy import presets  # noqa: E402
 from msbd.toy.data import images_to_tensor, render_cache, seed_range, single_object_renderer  # noqa: E402
@@ -39,6 +40,7 @@ from msbd.toy.train_ldm import (  # noqa: E402
 
 
 STAGES = ("vae", "clip", "ldm", "sr")
+TEXT_PREFIX = "cond_stage_model.transformer."   # the SD v1 text encoder's checkpoint prefix
 SINGLE_OFFSET = 500_000      # the extra single-object scenes (data.n_single) use training seeds from here on
 
 
@@ -291,7 +293,7 @@ def train_ldm(cfg: DictConfig, caches: list, latents: torch.Tensor, scale: float
     loader = DataLoader(dataset, batch_size=tc.batch_size, shuffle=True, drop_last=True)
     minutes = _fit(module, loader, stage_dir, cfg.ldm.max_minutes, tc.max_steps)
     state = {f"model.diffusion_model.{k}": v for k, v in module.ema_unet.state_dict().items()}
-    state.update({f"cond_stage_model.transformer.{k}": v for k, v in module.ema_text.state_dict().items()})
+    state.update({f"{TEXT_PREFIX}{k}": v for k, v in module.ema_text.state_dict().items()})
     save_file({k: v.contiguous() for k, v in state.items()}, out)
     card["ldm"] = {"minutes_last_call": round(minutes, 1), "train_loss_last": _last_metric(stage_dir, "loss"),
                    "init": cfg.ldm.init, "object_weight": tc.object_weight, "offset_noise": tc.offset_noise,
@@ -308,13 +310,35 @@ def export_copy(cfg: DictConfig, trained: str, shipped: str) -> str:
     return target
 
 
+def _text_link(cfg: DictConfig, state: dict[str, torch.Tensor]) -> dict[str, str]:
+    """Metadata linking the exported file to the toy CLIP in export_dir for its text encoder, when the trained text
+    encoder is exactly that CLIP's text tower in fp16 (`ldm.freeze_text`); then the file need not store a second
+    copy. The CLIP is copied into export_dir when it came from elsewhere. Empty (the tensors stay) otherwise."""
+    if not cfg.ldm.freeze_text:
+        return {}
+    from msbd.toy.clip_model import clip_text_state
+    source = clip_path(cfg)
+    tower = clip_text_state(load_file(source))
+    text = {k.removeprefix(TEXT_PREFIX): v for k, v in state.items() if k.startswith(TEXT_PREFIX)}
+    if set(text) != set(tower) or any(not torch.equal(text[k].half(), tower[k].half()) for k in tower):
+        return {}
+    target = os.path.join(cfg.export_dir, os.path.basename(presets.CLIP_WEIGHTS))
+    if os.path.abspath(source) != os.path.abspath(target):
+        shutil.copyfile(source, target)
+    return {TEXT_FROM_KEY: os.path.basename(target)}
+
+
 def export(cfg: DictConfig, vae_path: str, ldm_path: str, scale: float) -> None:
-    """Write the shipped files: one CompVis-layout fp16 safetensors for VAE + UNet + text encoder, and its config."""
+    """Write the shipped files: one CompVis-layout fp16 safetensors for VAE + UNet (+ the text encoder, unless it is
+    the toy CLIP's frozen text tower: then metadata names the CLIP file it is read from), and its config."""
     os.makedirs(cfg.export_dir, exist_ok=True)
     state = {f"first_stage_model.{k}": v for k, v in load_file(vae_path).items()}
     state.update(load_file(ldm_path))
+    metadata = _text_link(cfg, state)
+    if metadata:
+        state = {k: v for k, v in state.items() if not k.startswith(TEXT_PREFIX)}
     save_file({k: v.half().contiguous() for k, v in state.items()},
-              os.path.join(cfg.export_dir, os.path.basename(presets.LDM_WEIGHTS)))
+              os.path.join(cfg.export_dir, os.path.basename(presets.LDM_WEIGHTS)), metadata=metadata or None)
     with open(os.path.join(cfg.export_dir, os.path.basename(presets.LDM_CONFIG)), "w") as f:
         json.dump(presets.toy_ldm_config_dict(scale, text_config(cfg)), f, indent=2)
 

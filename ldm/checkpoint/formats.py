@@ -5,7 +5,9 @@ Formats, recognised from the content (not the suffix):
 * "ckpt-legacy": the older torch.save stream; both are read with the restricted unpickler (no code runs);
 * "safetensors": a flat dict with the CompVis names; a file whose metadata holds `msbd_overlay_base` (a file name
   in the same folder) is an overlay: the base is read first and the overlay's tensors replace or add to its own
-  (how the toy inpainting UNet ships its fine-tuned tensors only, within the toy weight budget);
+  (how the toy inpainting UNet ships its fine-tuned tensors only, within the toy weight budget); one whose metadata
+  holds `msbd_text_from` (a file in the same folder holding an open_clip CLIP) takes its text encoder from that
+  CLIP's text tower, SD v1 style (how the toy UNet's frozen text encoder ships once, in toy-clip.safetensors);
 * "diffusers": a folder with unet/, vae/ and text_encoder/ (safetensors or .bin, possibly sharded), whose keys
   are mapped to ours by `ldm.convert` and given the CompVis prefixes, so every format yields the same dict.
 A CompVis `{"state_dict": {...}, ...}` checkpoint yields its state_dict; everything else in it is dropped.
@@ -23,10 +25,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from ldm.checkpoint import unpickle
-from ldm.checkpoint.components import prefixes
+from ldm.checkpoint.components import TEXT_PREFIXES, prefixes
 from ldm.checkpoint.errors import CheckpointError
 from ldm.config import LDMConfig, get_preset
-from ldm.convert.clip_text import clip_text_from_transformers, open_clip_text_from_transformers
+from ldm.convert.clip_text import clip_text_from_open_clip, clip_text_from_transformers, open_clip_text_from_transformers
 from ldm.convert.unet import unet_from_diffusers
 from ldm.convert.vae import vae_from_diffusers
 
@@ -90,22 +92,36 @@ def _tensor_dict(obj: object, source: str) -> StateDict:
 
 
 OVERLAY_KEY = "msbd_overlay_base"
+TEXT_FROM_KEY = "msbd_text_from"
+
+
+def _linked(path: str | os.PathLike, name: str, what: str, seen: tuple[str, ...]) -> Path:
+    """The file `name` beside `path`, which a metadata link (`what`) names; a bare file name, present, no loop."""
+    linked = Path(path).parent / name
+    if os.path.basename(name) != name or not linked.is_file() or str(linked) in seen:
+        raise CheckpointError(f"{path} {what} {name!r}, which must be another file in the same folder "
+                              f"({linked} {'is part of a loop' if str(linked) in seen else 'not found'})")
+    return linked
 
 
 def _read_safetensors(path: str | os.PathLike, _seen: tuple[str, ...] = ()) -> StateDict:
     try:
         with safe_open(os.fspath(path), "pt") as f:
-            base = (f.metadata() or {}).get(OVERLAY_KEY)
+            metadata = f.metadata() or {}
         state = load_file(os.fspath(path), device="cpu")
     except Exception as e:
         raise CheckpointError(f"{path}: cannot read as safetensors ({type(e).__name__}: {e})") from None
-    if base is None:
-        return state
-    base_path = Path(path).parent / base
-    if os.path.basename(base) != base or not base_path.is_file() or str(base_path) in _seen:
-        raise CheckpointError(f"{path} is an overlay on {base!r}, which must be another file in the same folder "
-                              f"({base_path} {'is part of a loop' if str(base_path) in _seen else 'not found'})")
-    return {**_read_safetensors(base_path, (*_seen, str(path))), **state}
+    seen = (*_seen, str(path))
+    if (text_from := metadata.get(TEXT_FROM_KEY)) is not None:
+        clip_path = _linked(path, text_from, "takes its text encoder from", seen)
+        try:
+            text = clip_text_from_open_clip(_read_safetensors(clip_path, seen))
+        except ValueError as e:
+            raise CheckpointError(f"{clip_path}: no open_clip text tower for {path} ({e})") from None
+        state = {**{TEXT_PREFIXES["transformers"] + k: v for k, v in text.items()}, **state}
+    if (base := metadata.get(OVERLAY_KEY)) is not None:
+        state = {**_read_safetensors(_linked(path, base, "is an overlay on", seen), seen), **state}
+    return state
 
 
 def _read_file(path: Path) -> StateDict:

@@ -1,5 +1,7 @@
 """Key mappings from a transformers `CLIPTextModel` state dict to our text encoders: `CLIPTextEncoder` (SD-v1
-checkpoint names) and, for SD 2.x, `OpenCLIPTextEncoder` (open_clip names; `open_clip_text_from_transformers`).
+checkpoint names) and, for SD 2.x, `OpenCLIPTextEncoder` (open_clip names; `open_clip_text_from_transformers`);
+and back from an open_clip CLIP's text tower to `CLIPTextEncoder` (`clip_text_from_open_clip`, how a checkpoint
+can take its frozen text encoder from a contrastive CLIP file instead of storing a second copy).
 
 Our names are the transformers 4.x ones: `text_model.embeddings.token_embedding.weight`, ... transformers 5.x
 dropped the `text_model.` level from `CLIPTextModel.state_dict()` (`embeddings.token_embedding.weight`, ...) and no
@@ -83,4 +85,43 @@ def open_clip_text_from_transformers(state_dict: dict[str, torch.Tensor]) -> dic
         if sorted(parts) != ["k", "q", "v"]:
             raise ValueError(f"open_clip_text_from_transformers: layer {layer} lacks some of q/k/v_proj.{param}")
         out[f"transformer.resblocks.{layer}.attn.in_proj_{param}"] = torch.cat([parts[c] for c in "qkv"])
+    return out
+
+
+# --- open_clip text tower -> our CLIPTextEncoder names (the inverse of the above) --------------------------------
+
+_FROM_OPEN_CLIP_TOP = {v: k for k, v in _OPEN_CLIP_TOP.items()}
+_FROM_OPEN_CLIP_LEAVES = {v: k for k, v in _OPEN_CLIP_LEAVES.items()}
+_OPEN_CLIP_BLOCK = re.compile(r"transformer\.resblocks\.(\d+)\.(.+)\.(weight|bias)")
+_OPEN_CLIP_IN_PROJ = re.compile(r"transformer\.resblocks\.(\d+)\.attn\.in_proj_(weight|bias)")
+_OPEN_CLIP_NOT_TEXT = ("visual.", "text_projection", "logit_scale", "logit_bias", "attn_mask")
+
+
+def clip_text_from_open_clip(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The text tower of an open_clip CLIP state dict with our `CLIPTextEncoder` names (`text_model.` + HF names).
+
+    Token and position embeddings, the pre-LN blocks (the fused `attn.in_proj_*` split into q/k/v rows, as
+    `nn.MultiheadAttention` stacks them) and the final LayerNorm are kept; the image tower, the text projection and
+    the logit scale belong to CLIP's contrastive head and are dropped. Any other key is an error, as is a state dict
+    without a text tower.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if key.startswith(_OPEN_CLIP_NOT_TEXT):
+            continue
+        if key in _FROM_OPEN_CLIP_TOP:
+            out[_PREFIX + _FROM_OPEN_CLIP_TOP[key]] = value
+        elif match := _OPEN_CLIP_IN_PROJ.fullmatch(key):
+            layer, param = match.groups()
+            if value.shape[0] % 3:
+                raise ValueError(f"clip_text_from_open_clip: {key} has {value.shape[0]} rows, not 3 x width")
+            for name, part in zip("qkv", value.chunk(3)):
+                out[f"{_PREFIX}encoder.layers.{layer}.self_attn.{name}_proj.{param}"] = part
+        elif (match := _OPEN_CLIP_BLOCK.fullmatch(key)) and match.group(2) in _FROM_OPEN_CLIP_LEAVES:
+            layer, module, param = match.groups()
+            out[f"{_PREFIX}encoder.layers.{layer}.{_FROM_OPEN_CLIP_LEAVES[module]}.{param}"] = value
+        else:
+            raise ValueError(f"clip_text_from_open_clip: unexpected key {key!r} (not an open_clip text-tower weight)")
+    if _PREFIX + "embeddings.token_embedding.weight" not in out:
+        raise ValueError("clip_text_from_open_clip: no text tower (token_embedding.weight is missing)")
     return out

@@ -31,6 +31,12 @@ def _count(path: Path, prefix: str = "") -> int:
     return total
 
 
+def _text_from(path: Path) -> str | None:
+    """The CLIP file an LDM file takes its text encoder from (metadata `msbd_text_from`), or None."""
+    with safe_open(str(path), "pt") as f:
+        return (f.metadata() or {}).get("msbd_text_from")
+
+
 def _progress(ckpt: Path) -> tuple[int | None, float | None]:
     """(steps, total training minutes over all resumes) from a stage's Lightning last.ckpt."""
     if not ckpt.exists():
@@ -79,10 +85,19 @@ def write_model_card(run_dir: str | os.PathLike, export_dir: str | os.PathLike, 
              "(`msbd/toy/scenes.py`) on a 2-core CPU. They exist so that the whole pipeline runs, and every claim of "
              "the paper can be measured, without downloadable weights. They know nothing but this toy world.", "",
              "## Files", "", "| file | what | parameters | size |", "|---|---|---|---|"]
+    text_from = _text_from(ldm_file) if ldm_file.exists() else None
     for name, prefix in PREFIXES.items():
-        if ldm_file.exists():
+        if not ldm_file.exists():
+            continue
+        if text_from and prefix == PREFIXES["text encoder (CLIPTextEncoder)"]:
+            tower = _count(out / text_from, "token_embedding.") + _count(out / text_from, "positional_embedding") \
+                + _count(out / text_from, "transformer.") + _count(out / text_from, "ln_final.")
+            lines.append(f"| `{ldm_file.name}` | {name}: not stored, read from the text tower of `{text_from}` "
+                         f"(metadata `msbd_text_from`) | {tower:,} | |")
+        else:
             lines.append(f"| `{ldm_file.name}` | {name}, CompVis key layout, fp16 | {_count(ldm_file, prefix):,} | |")
-    for f, what in ((ldm_file, "all three above"), (clip_file, "reranking CLIP `msbd-toy-clip` (open_clip), fp16"),
+    for f, what in ((ldm_file, "VAE and UNet" if text_from else "all three above"),
+                    (clip_file, "reranking CLIP `msbd-toy-clip` (open_clip), fp16"),
                     (sr_file, "x4 RRDBNet (Real-ESRGAN layout, loads with spandrel), fp16")):
         if f.exists():
             lines.append(f"| `{f.name}` | {what} | {_count(f):,} | {f.stat().st_size / 2**20:.1f} MiB |")

@@ -24,6 +24,7 @@ from open_clip.transformer import text_global_pool
 from PIL import Image
 from safetensors.torch import save_file
 
+from ldm.convert.clip_text import clip_text_from_open_clip
 from msbd.toy.data import images_to_tensor, render_cache, resize_area, seed_range
 
 TOY_CLIP_NAME = "msbd-toy-clip"
@@ -164,11 +165,6 @@ def export_clip(model: torch.nn.Module, path: str) -> None:
     save_file(state, path, metadata={"format": "open_clip", "model": TOY_CLIP_NAME})
 
 
-# open_clip text-tower names -> the `text_model.` names of ldm's CLIPTextEncoder (HF CLIPTextModel layout)
-_TEXT_BLOCK_NAMES = (("ln_1", "layer_norm1"), ("ln_2", "layer_norm2"), ("attn.out_proj", "self_attn.out_proj"),
-                     ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2"))
-
-
 def clip_text_state(clip_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The text tower of an open_clip state dict as a state dict of `ldm.models.clip_text.CLIPTextEncoder`.
 
@@ -177,20 +173,7 @@ def clip_text_state(clip_state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     position embeddings, the pre-LN blocks (the fused q/k/v projection split in three) and the final LayerNorm
     are kept; the projection and the logit scale are CLIP-only and dropped. Values are returned in float32.
     """
-    out = {"text_model.embeddings.token_embedding.weight": clip_state["token_embedding.weight"],
-           "text_model.embeddings.position_embedding.weight": clip_state["positional_embedding"],
-           "text_model.final_layer_norm.weight": clip_state["ln_final.weight"],
-           "text_model.final_layer_norm.bias": clip_state["ln_final.bias"]}
-    layers = sorted({int(k.split(".")[2]) for k in clip_state if k.startswith("transformer.resblocks.")})
-    for i in layers:
-        src, dst = f"transformer.resblocks.{i}.", f"text_model.encoder.layers.{i}."
-        for a, b in _TEXT_BLOCK_NAMES:
-            for kind in ("weight", "bias"):
-                out[f"{dst}{b}.{kind}"] = clip_state[f"{src}{a}.{kind}"]
-        for kind in ("weight", "bias"):
-            for name, part in zip("qkv", clip_state[f"{src}attn.in_proj_{kind}"].chunk(3)):
-                out[f"{dst}self_attn.{name}_proj.{kind}"] = part
-    return {k: v.float().contiguous() for k, v in out.items()}
+    return {k: v.float().contiguous() for k, v in clip_text_from_open_clip(clip_state).items()}
 
 
 # ---------------------------------------------------------------------------------------------------------------

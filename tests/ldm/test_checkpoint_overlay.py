@@ -41,3 +41,59 @@ def test_bad_overlay_base_is_one_line(base, base_name, message):
     with pytest.raises(CheckpointError, match=message) as info:
         load_models(folder / "self.safetensors", TINY_TEST)
     assert "\n" not in str(info.value)
+
+
+# --- `msbd_text_from`: the text encoder read from an open_clip CLIP file beside the checkpoint ------------------
+
+def _clip_file(folder, sd, name="clip.safetensors", extra=None):
+    """An open_clip-layout CLIP holding the base's text encoder, plus CLIP-only tensors the link must skip."""
+    from ldm.convert.clip_text import open_clip_text_from_transformers
+    text = {k.removeprefix(PREFIXES["text"]): v for k, v in sd.items() if k.startswith(PREFIXES["text"])}
+    clip = {**open_clip_text_from_transformers(text), "visual.conv1.weight": torch.randn(4, 3, 2, 2),
+            "text_projection": torch.randn(4, 4), "logit_scale": torch.ones(()), **(extra or {})}
+    save_file({k: v.contiguous() for k, v in clip.items()}, str(folder / name))
+
+
+def test_text_encoder_read_from_a_linked_clip(base):
+    folder, sd = base
+    _clip_file(folder, sd)
+    own = {k: v for k, v in sd.items() if not k.startswith(PREFIXES["text"])}
+    save_file(own, str(folder / "linked.safetensors"), metadata={"msbd_text_from": "clip.safetensors"})
+    models = load_models(folder / "linked.safetensors", TINY_TEST)           # strict: every text key present
+    for k, v in models.text_encoder.state_dict().items():
+        torch.testing.assert_close(v, sd[PREFIXES["text"] + k], rtol=0, atol=0)
+    # an overlay on the linked file keeps the link (the toy inpainting UNet on toy-ldm)
+    save_file({KEY: sd[KEY] + 1}, str(folder / "on_linked.safetensors"),
+              metadata={"msbd_overlay_base": "linked.safetensors"})
+    over = load_models(folder / "on_linked.safetensors", TINY_TEST)
+    torch.testing.assert_close(over.unet.input_blocks[0][0].weight, sd[KEY] + 1, rtol=0, atol=0)
+    torch.testing.assert_close(over.text_encoder.text_model.final_layer_norm.bias,
+                               sd[PREFIXES["text"] + "text_model.final_layer_norm.bias"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("target, message", [("gone.safetensors", "not found"),
+                                             ("sub/clip.safetensors", "another file in the same folder"),
+                                             ("selflink.safetensors", "part of a loop"),
+                                             ("notclip.safetensors", "no open_clip text tower")])
+def test_bad_text_link_is_one_line(base, target, message):
+    folder, sd = base
+    save_file({"first_stage_model.x": torch.zeros(1)}, str(folder / "notclip.safetensors"))
+    save_file({KEY: sd[KEY]}, str(folder / "selflink.safetensors"), metadata={"msbd_text_from": target})
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_models(folder / "selflink.safetensors", TINY_TEST)
+    assert "\n" not in str(info.value)
+
+
+def test_clip_text_from_open_clip_inverts_the_sd2_mapping(base):
+    from ldm.convert.clip_text import clip_text_from_open_clip, open_clip_text_from_transformers
+    _, sd = base
+    text = {k.removeprefix(PREFIXES["text"]): v for k, v in sd.items() if k.startswith(PREFIXES["text"])}
+    open_clip = open_clip_text_from_transformers(text)
+    back = clip_text_from_open_clip({**open_clip, "visual.proj": torch.zeros(2), "logit_scale": torch.ones(())})
+    assert set(back) == {k for k in text if not k.endswith("position_ids")}
+    for k, v in back.items():
+        torch.testing.assert_close(v, text[k], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="unexpected key"):
+        clip_text_from_open_clip({**open_clip, "transformer.resblocks.0.mystery.weight": torch.zeros(1)})
+    with pytest.raises(ValueError, match="not 3 x width"):
+        clip_text_from_open_clip({**open_clip, "transformer.resblocks.0.attn.in_proj_bias": torch.zeros(4)})

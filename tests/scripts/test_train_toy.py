@@ -55,12 +55,11 @@ def test_default_config_passes(train_toy, capsys):
 
 
 def test_warm_start_loads_the_vae_or_the_unet_and_text_encoder(train_toy):
-    from safetensors.torch import load_file
-
+    from ldm.checkpoint.formats import read_state_dict
     from msbd.toy.train_ldm import LDMLitModule, LDMTrainConfig
     module = LDMLitModule(presets.TOY_UNET, presets.TOY_CLIP_TEXT, LDMTrainConfig())
     train_toy.warm_start(module, presets.LDM_WEIGHTS)
-    shipped = load_file(presets.LDM_WEIGHTS)
+    shipped, _ = read_state_dict(presets.LDM_WEIGHTS)           # the text encoder comes from toy-clip (metadata link)
     for name, part in (("model.diffusion_model.out.2.weight", module.unet.out[2].weight),
                        ("model.diffusion_model.out.2.weight", module.ema_unet.out[2].weight),
                        ("cond_stage_model.transformer.text_model.final_layer_norm.weight",
@@ -119,6 +118,46 @@ def test_ldm_stage_trains_on_the_frozen_clip_text_tower_or_a_joint_encoder(train
     else:
         assert norm.shape == (64,) and not torch.equal(norm, torch.ones(64))   # trained away from its init
         assert card["ldm"]["text_encoder"] == "trained jointly"
+
+    # export: a frozen CLIP tower is not stored a second time; the file names the CLIP copied beside it
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from ldm.checkpoint.formats import read_state_dict
+    from ldm.models.autoencoder import AutoencoderKL
+    vae_path = tmp_path / "vae.safetensors"
+    save_file({k: v.contiguous() for k, v in AutoencoderKL(presets.TOY_VAE).state_dict().items()}, str(vae_path))
+    train_toy.export(cfg, str(vae_path), out, 1.0)
+    exported = tmp_path / "export" / os.path.basename(presets.LDM_WEIGHTS)
+    with safe_open(str(exported), "pt") as f:
+        stored, metadata = set(f.keys()), f.metadata() or {}
+    assert any(k.startswith(prefix) for k in stored) is not freeze
+    assert metadata.get("msbd_text_from") == ("toy-clip.safetensors" if freeze else None)
+    assert (tmp_path / "export" / "toy-clip.safetensors").is_file() is freeze
+    loaded, _ = read_state_dict(exported)
+    for k in (k for k in state if k.startswith(prefix)):
+        torch.testing.assert_close(loaded[k], state[k].half(), rtol=0, atol=0)
+
+
+def test_export_keeps_a_text_encoder_that_is_not_the_clip_tower(train_toy, tmp_path):
+    """A frozen-text run whose text weights differ from the toy CLIP's (another CLIP, an edited file) stores them."""
+    from omegaconf import OmegaConf
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from msbd.toy.clip_model import clip_text_state
+    tower = clip_text_state(load_file(presets.CLIP_WEIGHTS))
+    tower["text_model.final_layer_norm.bias"] = tower["text_model.final_layer_norm.bias"] + 1.0
+    ldm = tmp_path / "ldm.safetensors"
+    save_file({f"cond_stage_model.transformer.{k}": v for k, v in tower.items()}, str(ldm))
+    vae = tmp_path / "vae.safetensors"
+    save_file({"encoder.conv_in.bias": torch.zeros(3)}, str(vae))
+    cfg = OmegaConf.create({"export_dir": str(tmp_path / "export"), "ldm": {"freeze_text": True},
+                            "data": {}})
+    train_toy.export(cfg, str(vae), str(ldm), 1.0)
+    with safe_open(str(tmp_path / "export" / "toy-ldm.safetensors"), "pt") as f:
+        assert "cond_stage_model.transformer.text_model.final_layer_norm.bias" in f.keys()
+        assert "msbd_text_from" not in (f.metadata() or {})
 
 
 def test_freeze_text_without_any_toy_clip_is_one_error_line(train_toy, capsys, monkeypatch, tmp_path):

@@ -118,3 +118,22 @@ def test_card_names_the_frozen_clip_text_encoder_only_when_used(tmp_path):
     text = write_model_card(run, out, "python scripts/train_toy.py ldm.freeze_text=true").read_text()
     assert "* Text encoder: the text tower of the CLIP below" in text and "`ldm.freeze_text`" in text
     assert "* VAE and UNet: 123 scenes" in text
+
+
+def test_linked_text_encoder_counted_from_the_clip_file(tmp_path):
+    """The shipped toy-ldm file takes its text encoder from toy-clip (`msbd_text_from`): the card says so and counts
+    the CLIP's text tower, the parameters the loader actually builds the text encoder from."""
+    import shutil
+
+    from ldm.checkpoint.formats import read_state_dict
+    from msbd.toy import presets
+    run, out = _run_dir(tmp_path)
+    for f in (presets.LDM_WEIGHTS, presets.CLIP_WEIGHTS):
+        shutil.copy(f, out)
+    text = write_model_card(run, out, "cmd").read_text()
+    loaded, _ = read_state_dict(out / "toy-ldm.safetensors")
+    n_text = sum(v.numel() for k, v in loaded.items() if k.startswith("cond_stage_model.transformer."))
+    assert (f"| `toy-ldm.safetensors` | text encoder (CLIPTextEncoder): not stored, read from the text tower of "
+            f"`toy-clip.safetensors` (metadata `msbd_text_from`) | {n_text:,} | |") in text
+    n_own = sum(v.numel() for k, v in loaded.items() if not k.startswith("cond_stage_model.transformer."))
+    assert f"| `toy-ldm.safetensors` | VAE and UNet | {n_own:,} |" in text
