@@ -64,6 +64,32 @@ def text_config(cfg: DictConfig):
     return presets.TOY_CLIP_TEXT if cfg.ldm.freeze_text else presets.TOY_JOINT_TEXT
 
 
+def arch_configs(cfg: DictConfig):
+    """(AutoencoderConfig, UNetConfig) of the `arch` options: the shipped sizes by default. The VAE keeps its depth
+    (factor 8) and width; its latent channels are the UNet's in and out channels. The configs check themselves
+    (a width that does not split into heads or GroupNorm groups is a ValueError)."""
+    from dataclasses import replace
+    a = cfg.arch
+    for key in ("unet_mult", "unet_attention"):
+        value = a[key]
+        if not OmegaConf.is_list(value) or not value or not all(isinstance(v, int) and v >= 1 for v in value):
+            raise ValueError(f"arch.{key} must be a non-empty list of positive ints, got {value!r}")
+    for key in ("latent_channels", "unet_channels", "unet_res_blocks", "unet_head_channels", "unet_norm_groups"):
+        if a[key] < 1:
+            raise ValueError(f"arch.{key} must be positive, got {a[key]}")
+    vae = replace(presets.TOY_VAE, z_channels=a.latent_channels, embed_dim=a.latent_channels)
+    unet = replace(presets.TOY_UNET, in_channels=a.latent_channels, out_channels=a.latent_channels,
+                   model_channels=a.unet_channels, channel_mult=tuple(a.unet_mult), num_res_blocks=a.unet_res_blocks,
+                   num_head_channels=a.unet_head_channels, norm_num_groups=a.unet_norm_groups,
+                   attention_resolutions=tuple(a.unet_attention), context_dim=text_config(cfg).hidden_size)
+    return vae, unet
+
+
+def ldm_model_config(cfg: DictConfig, scale: float = 1.0):
+    """The LDMConfig this run trains and exports (its text encoder per `ldm.freeze_text`, its sizes per `arch`)."""
+    return presets.toy_ldm_config(scale, text_config(cfg), *arch_configs(cfg))
+
+
 def clip_config(cfg: DictConfig):
     from msbd.toy.clip_model import ClipTrainConfig
     return ClipTrainConfig(max_steps=cfg.clip.max_steps)
@@ -79,7 +105,7 @@ def sr_config(cfg: DictConfig):
 def check_types(cfg: DictConfig) -> None:
     """Each scalar option has the type of its default in configs/train_toy.yaml (an int is a float too)."""
     defaults = OmegaConf.load(os.path.join(ROOT, "configs", "train_toy.yaml"))
-    for section in ("data", "vae", "ldm", "clip", "sr"):
+    for section in ("data", "arch", "vae", "ldm", "clip", "sr"):
         for key, default in defaults[section].items():
             value = cfg[section][key]
             if (isinstance(default, bool) != isinstance(value, bool)              # bool is an int: checked apart
@@ -124,11 +150,50 @@ def validate(cfg: DictConfig) -> None:
     for stage in ("vae", "ldm"):
         if cfg[stage].init and stage in cfg.stages:
             try:
-                load_init(stage, cfg[stage].init, text_config(cfg))
+                load_init(stage, cfg[stage].init, ldm_model_config(cfg))
             except ValueError as err:               # ldm.checkpoint's CheckpointError: what does not fit
                 raise ValueError(f"{stage}.init: {err}") from None
-    for build in (vae_config, ldm_config, clip_config, sr_config):
+    for build in (vae_config, ldm_config, clip_config, sr_config, arch_configs):
         build(cfg)                                  # the dataclasses check their own values
+    check_run_dir(cfg)
+
+
+def _stored_shapes(path: str, prefix: str = "") -> dict[str, tuple[int, ...]]:
+    """Tensor shapes of a safetensors file or a Lightning checkpoint's state_dict (keys under `prefix`, stripped)."""
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+        with safe_open(path, "pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    state = torch.load(path, map_location="cpu", mmap=True, weights_only=False).get("state_dict", {})
+    return {k[len(prefix):]: tuple(v.shape) for k, v in state.items() if k.startswith(prefix)}
+
+
+def check_run_dir(cfg: DictConfig) -> None:
+    """A VAE or UNet already in run_dir (exported or a last.ckpt to resume) must have this run's `arch` sizes; a
+    run with other sizes needs its own run_dir (or `force=[stage]`, which retrains from scratch)."""
+    from ldm.models.autoencoder import AutoencoderKL
+    from ldm.models.unet import UNetModel
+    vae_cfg, unet_cfg = arch_configs(cfg)
+    expected = {"vae": ({k: tuple(v.shape) for k, v in AutoencoderKL(vae_cfg).state_dict().items()}, "vae."),
+                "ldm": ({k: tuple(v.shape) for k, v in UNetModel(unet_cfg).state_dict().items()}, "unet.")}
+    files = {"vae": ("vae.safetensors", "last.ckpt"), "ldm": ("ldm.safetensors", "last.ckpt")}
+    for stage, names in files.items():
+        if stage in cfg.force or (stage == "ldm" and "vae" in cfg.force):
+            continue
+        want, prefix = expected[stage]
+        for name in names:
+            path = os.path.join(cfg.run_dir, stage, name)
+            if not os.path.isfile(path):
+                continue
+            stored = _stored_shapes(path, prefix)
+            if stage == "ldm" and name.endswith(".safetensors"):
+                stored = {k.removeprefix("model.diffusion_model."): v for k, v in stored.items()
+                          if k.startswith("model.diffusion_model.")}
+            bad = sorted(k for k in want if stored.get(k, want[k]) != want[k])
+            if bad or not set(want) <= set(stored):
+                what = f"{bad[0]} is {stored[bad[0]]}, arch wants {want[bad[0]]}" if bad else "other layers"
+                raise ValueError(f"{path} was trained with other arch sizes ({what}): use another run_dir or "
+                                 f"force=[{stage}]")
 
 
 def clip_path(cfg: DictConfig) -> str:
@@ -194,10 +259,10 @@ def train_vae(cfg: DictConfig, cache, card: dict) -> str:
     if os.path.exists(out) and "vae" not in cfg.force:
         return out
     tc = vae_config(cfg)
-    module = VAELitModule(presets.TOY_VAE, tc)
+    module = VAELitModule(arch_configs(cfg)[0], tc)
     resuming = os.path.exists(os.path.join(stage_dir, "last.ckpt"))
     if cfg.vae.init and not resuming:
-        warm_start(module, cfg.vae.init)
+        warm_start(module, cfg.vae.init, ldm_model_config(cfg))
     if cfg.vae.init and cfg.vae.max_minutes == 0 and not resuming:   # take the VAE as it is
         os.makedirs(stage_dir, exist_ok=True)
         card["vae"] = {"init": cfg.vae.init, "minutes_last_call": 0.0}
@@ -213,18 +278,19 @@ def train_vae(cfg: DictConfig, cache, card: dict) -> str:
 
 
 @torch.no_grad()
-def encode_latents(vae_path: str, cache, stage_dir: str, name: str = "latents") -> tuple[torch.Tensor, float]:
+def encode_latents(vae_path: str, cache, stage_dir: str, name: str = "latents",
+                   vae_config=presets.TOY_VAE) -> tuple[torch.Tensor, float]:
     """Posterior means of every training render and the scale factor that gives them unit variance."""
     out = os.path.join(stage_dir, f"{name}.safetensors")
     if os.path.exists(out) and os.path.getmtime(out) > os.path.getmtime(vae_path):
         saved = load_file(out)
         return saved["latents"], round_scale(saved["scale"])              # stored as float32: re-round
     from ldm.models.autoencoder import AutoencoderKL
-    vae = AutoencoderKL(presets.TOY_VAE).eval()
+    vae = AutoencoderKL(vae_config).eval()
     vae.load_state_dict(load_file(vae_path))
     chunks = [vae.encode(images_to_tensor(cache.images[i:i + 256]) * 2 - 1)
               for i in tqdm(range(0, len(cache), 256), desc=f"encode {name}", unit="chunk")]
-    latents = torch.cat(chunks)                                             # [N, 4, 16, 16], unscaled
+    latents = torch.cat(chunks)                                             # [N, latent channels, 16, 16], unscaled
     scale = latent_scale_factor(latents)
     os.makedirs(stage_dir, exist_ok=True)
     save_file({"latents": latents.contiguous(), "scale": torch.tensor(scale)}, out)
@@ -235,21 +301,21 @@ INIT_COMPONENTS = {"vae": ("vae",), "ldm": ("unet", "text")}   # what `<stage>.i
 INIT_HINT = "give a CompVis-layout file of the toy sizes, such as msbd/toy/weights/toy-ldm.safetensors"
 
 
-def load_init(stage: str, path: str, text=presets.TOY_CLIP_TEXT):
+def load_init(stage: str, path: str, config=None):
     """The networks `<stage>.init` warm-starts from, read strictly by ldm.checkpoint (one-line CheckpointError
     for a missing file, a foreign format, or keys and shapes that do not fit the toy config)."""
     from ldm.checkpoint import load_models
-    return load_models(path, presets.toy_ldm_config(1.0, text), components=INIT_COMPONENTS[stage],
+    return load_models(path, config or presets.toy_ldm_config(1.0), components=INIT_COMPONENTS[stage],
                        config_key=f"{stage}.init", hint=INIT_HINT)
 
 
-def warm_start(module: pl.LightningModule, path: str, text=presets.TOY_CLIP_TEXT) -> None:
+def warm_start(module: pl.LightningModule, path: str, config=None) -> None:
     """Load weights from a CompVis-layout file: the VAE (`VAELitModule`), or the UNet and text encoder with their
     EMA copies (`LDMLitModule`). The optimiser starts fresh (a new warm-up) and the step count at 0."""
     if isinstance(module, VAELitModule):
-        module.vae.load_state_dict(load_init("vae", path).vae.state_dict())
+        module.vae.load_state_dict(load_init("vae", path, config).vae.state_dict())
         return
-    loaded = load_init("ldm", path, text)
+    loaded = load_init("ldm", path, config)
     for source, parts in ((loaded.unet, (module.unet, module.ema_unet)),
                           (loaded.text_encoder, (module.text_encoder, module.ema_text))):
         for m in parts:
@@ -277,11 +343,11 @@ def train_ldm(cfg: DictConfig, caches: list, latents: torch.Tensor, scale: float
     token_ids = tokenizer([text for cache in caches for text in cache.captions])
     empty_ids = tokenizer([""])[0]
     tc = ldm_config(cfg)
-    text = text_config(cfg)
-    module = LDMLitModule(presets.toy_unet_config(text), text, tc)
+    config = ldm_model_config(cfg)
+    module = LDMLitModule(config.unet, config.text, tc)
     resuming = os.path.exists(os.path.join(stage_dir, "last.ckpt"))
     if cfg.ldm.init and not resuming:
-        warm_start(module, cfg.ldm.init, text)
+        warm_start(module, cfg.ldm.init, config)
     text_source = clip_path(cfg) if cfg.ldm.freeze_text else None
     if text_source and not resuming:                    # SD v1: the frozen text tower of a contrastive CLIP
         from msbd.toy.clip_model import clip_text_state
@@ -340,7 +406,7 @@ def export(cfg: DictConfig, vae_path: str, ldm_path: str, scale: float) -> None:
     save_file({k: v.half().contiguous() for k, v in state.items()},
               os.path.join(cfg.export_dir, os.path.basename(presets.LDM_WEIGHTS)), metadata=metadata or None)
     with open(os.path.join(cfg.export_dir, os.path.basename(presets.LDM_CONFIG)), "w") as f:
-        json.dump(presets.toy_ldm_config_dict(scale, text_config(cfg)), f, indent=2)
+        json.dump(ldm_model_config(cfg, scale).to_dict(), f, indent=2)
 
 
 def _write_card(cfg: DictConfig, card: dict) -> None:
@@ -365,12 +431,13 @@ def main(cfg: DictConfig) -> None:
     if {"vae", "ldm"} & set(cfg.stages):                # the clip and sr stages render their own data
         cache = render_cache(os.path.join(cfg.run_dir, "cache"), seed_range("train", cfg.data.n_train), cfg.data.size)
         vae_path = train_vae(cfg, cache, card)
-        latents, scale = encode_latents(vae_path, cache, os.path.join(cfg.run_dir, "ldm"))
+        vae_cfg = arch_configs(cfg)[0]
+        latents, scale = encode_latents(vae_path, cache, os.path.join(cfg.run_dir, "ldm"), vae_config=vae_cfg)
         card["latent_scale"] = scale
         if "ldm" in cfg.stages:
             caches, (singles, name) = [cache], single_cache(cfg)
             if singles is not None:              # encoded by the same VAE; the scale stays the main set's
-                extra, _ = encode_latents(vae_path, singles, os.path.join(cfg.run_dir, "ldm"), name)
+                extra, _ = encode_latents(vae_path, singles, os.path.join(cfg.run_dir, "ldm"), name, vae_cfg)
                 caches, latents = [cache, singles], torch.cat([latents, extra])
             card["data_single"] = {"n": cfg.data.n_single, "sizes": [float(v) for v in cfg.data.single_sizes]}
             ldm_path = train_ldm(cfg, caches, latents, scale, card)

@@ -47,11 +47,15 @@ def toy_unet_config(text: CLIPTextConfig = TOY_CLIP_TEXT) -> UNetConfig:
     return replace(TOY_UNET, context_dim=text.hidden_size)
 
 
-def toy_ldm_config(scale_factor: float, text: CLIPTextConfig = TOY_CLIP_TEXT) -> LDMConfig:
-    """The toy world's LDMConfig; `scale_factor` is measured on the training latents (see train_toy.py)."""
-    return LDMConfig(unet=toy_unet_config(text), vae=TOY_VAE, text=text, scale_factor=scale_factor,
+def toy_ldm_config(scale_factor: float, text: CLIPTextConfig = TOY_CLIP_TEXT, vae: AutoencoderConfig = TOY_VAE,
+                   unet: UNetConfig = TOY_UNET) -> LDMConfig:
+    """The toy world's LDMConfig; `scale_factor` is measured on the training latents (see train_toy.py). `vae` and
+    `unet` default to the shipped sizes (train_toy's `arch` options give others); the UNet's cross-attention is
+    sized for `text`."""
+    return LDMConfig(unet=replace(unet, context_dim=text.hidden_size), vae=vae, text=text, scale_factor=scale_factor,
                      image_size=TOY_IMAGE_SIZE)
 
 
-def toy_ldm_config_dict(scale_factor: float, text: CLIPTextConfig = TOY_CLIP_TEXT) -> dict:
-    return toy_ldm_config(scale_factor, text).to_dict()
+def toy_ldm_config_dict(scale_factor: float, text: CLIPTextConfig = TOY_CLIP_TEXT, vae: AutoencoderConfig = TOY_VAE,
+                        unet: UNetConfig = TOY_UNET) -> dict:
+    return toy_ldm_config(scale_factor, text, vae, unet).to_dict()

@@ -226,3 +226,20 @@ def test_grid_conditional_changes_only_the_grid_stage(fusion):
     assert not torch.equal(out[None].stages[-1].image, out[False].stages[-1].image)
     with pytest.raises(ValueError, match="grid.conditional"):
         tiny_config(grid__conditional="yes").validate()
+
+
+@pytest.mark.parametrize("fusion", ["alpha", "latent"])
+def test_latents_of_other_channel_counts_run_end_to_end(fusion):
+    """Nothing in the method assumes SD's 4 latent channels (the toy world may train 8 or 16, as SD 3 went to 16):
+    an 8-channel VAE and UNet edit through every stage, decoder optimisation included, outside the mask untouched."""
+    from dataclasses import replace
+
+    from ldm.config import TINY_TEST
+    config = replace(TINY_TEST, vae=replace(TINY_TEST.vae, z_channels=8, embed_dim=8),
+                     unet=replace(TINY_TEST.unet, in_channels=8, out_channels=8))
+    bundle8 = build_bundle(config, seed=0)
+    image, mask = scene()
+    cfg = tiny_config(grid__fusion=fusion, decoder_opt__enabled=True, decoder_opt__iterations=1)
+    result = run_msbd(image, mask, "a red cube", cfg, bundle8)
+    assert _outside_identical(result, image, mask) and not np.array_equal(result.image, image)
+    assert result.stages[-1].name.endswith("(grid)")

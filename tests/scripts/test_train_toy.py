@@ -37,6 +37,11 @@ def train_toy():
     ("vae.init=msbd/toy/weights/toy-clip.safetensors", "vae.init"),
     ("ldm.freeze_text=maybe", "freeze_text"),
     ("ldm.freeze_text=false ldm.init=msbd/toy/weights/toy-ldm.safetensors", "ldm.init"),  # 48-wide text, 64 wanted
+    ("arch.unet_channels=48", "norm_num_groups"), ("arch.unet_channels=48 arch.unet_norm_groups=16", "heads"),
+    ("arch.unet_mult=abc", "arch.unet_mult"), ("arch.unet_mult=[]", "arch.unet_mult"),
+    ("arch.unet_attention=[0]", "arch.unet_attention"), ("arch.latent_channels=0", "arch.latent_channels"),
+    ("arch.latent_channels=2.5", "arch.latent_channels must be int"),
+    ("arch.latent_channels=8 ldm.init=msbd/toy/weights/toy-ldm.safetensors", "ldm.init"),   # 4-channel UNet
 ])
 def test_bad_options_give_one_error_line(train_toy, capsys, override, words):
     with pytest.raises(SystemExit) as exit_info:
@@ -152,8 +157,8 @@ def test_export_keeps_a_text_encoder_that_is_not_the_clip_tower(train_toy, tmp_p
     save_file({f"cond_stage_model.transformer.{k}": v for k, v in tower.items()}, str(ldm))
     vae = tmp_path / "vae.safetensors"
     save_file({"encoder.conv_in.bias": torch.zeros(3)}, str(vae))
-    cfg = OmegaConf.create({"export_dir": str(tmp_path / "export"), "ldm": {"freeze_text": True},
-                            "data": {}})
+    cfg = OmegaConf.merge(OmegaConf.load(os.path.join(ROOT, "configs", "train_toy.yaml")),
+                          {"export_dir": str(tmp_path / "export"), "ldm": {"freeze_text": True}})
     train_toy.export(cfg, str(vae), str(ldm), 1.0)
     with safe_open(str(tmp_path / "export" / "toy-ldm.safetensors"), "pt") as f:
         assert "cond_stage_model.transformer.text_model.final_layer_norm.bias" in f.keys()
@@ -169,3 +174,54 @@ def test_freeze_text_without_any_toy_clip_is_one_error_line(train_toy, capsys, m
     assert err.startswith("error:") and "\n" not in err and "add the clip stage" in err, err
     train_toy.precheck(["ldm.freeze_text=true", "stages=[clip,ldm]", f"export_dir={tmp_path / 'export'}"])  # trained here
     assert not (tmp_path / "export").exists()
+
+
+def test_arch_options_train_and_export_a_loadable_model_of_other_sizes(train_toy, tmp_path):
+    """arch.*: an 8-channel latent, a 16-wide UNet: the ldm stage trains it, the export's toy-ldm.json describes it and
+    the exported file loads strictly through ldm.checkpoint with that config."""
+    import json
+
+    from hydra import compose, initialize_config_dir
+    from safetensors.torch import save_file
+
+    from ldm.checkpoint import load_models
+    from ldm.config import LDMConfig
+    from ldm.models.autoencoder import AutoencoderKL
+    from msbd.toy.data import render_cache, seed_range
+    arch = ["arch.latent_channels=8", "arch.unet_channels=16", "arch.unet_head_channels=16", "arch.unet_norm_groups=8",
+            "arch.unet_mult=[1,2]", "arch.unet_attention=[1]"]
+    with initialize_config_dir(config_dir=os.path.join(ROOT, "configs"), version_base="1.3"):
+        cfg = compose("train_toy", overrides=[f"run_dir={tmp_path}", f"export_dir={tmp_path / 'export'}", *arch,
+                                              "ldm.batch_size=4", "ldm.max_steps=2", "ldm.decay_start=0",
+                                              "ldm.warmup_steps=1"])
+    train_toy.validate(cfg)
+    vae_cfg, unet_cfg = train_toy.arch_configs(cfg)
+    assert vae_cfg.embed_dim == vae_cfg.z_channels == unet_cfg.in_channels == unet_cfg.out_channels == 8
+    cache = render_cache(str(tmp_path / "cache"), seed_range("train", 8), 128)
+    out = train_toy.train_ldm(cfg, [cache], torch.randn(8, 8, 16, 16), 1.0, {})
+    vae_path = tmp_path / "vae.safetensors"
+    save_file({k: v.contiguous() for k, v in AutoencoderKL(vae_cfg).state_dict().items()}, str(vae_path))
+    train_toy.export(cfg, str(vae_path), out, 0.5)
+    config = LDMConfig.from_dict(json.loads((tmp_path / "export" / "toy-ldm.json").read_text()))
+    assert config.vae.embed_dim == 8 and config.unet.model_channels == 16 and config.unet.channel_mult == (1, 2)
+    models = load_models(tmp_path / "export" / "toy-ldm.safetensors", config)
+    z = models.vae.encode(torch.zeros(1, 3, 128, 128))
+    assert z.shape == (1, 8, 16, 16)
+    assert models.unet(z, torch.tensor([10]), models.text_encoder(torch.zeros(1, 77, dtype=torch.long))).shape == z.shape
+
+
+def test_run_dir_holding_other_sizes_is_one_error_line(train_toy, tmp_path, capsys):
+    """A VAE already in run_dir with 4 latent channels does not silently meet arch.latent_channels=8."""
+    from safetensors.torch import save_file
+
+    from ldm.models.autoencoder import AutoencoderKL
+    (tmp_path / "vae").mkdir()
+    save_file({k: v.contiguous() for k, v in AutoencoderKL(presets.TOY_VAE).state_dict().items()},
+              str(tmp_path / "vae" / "vae.safetensors"))
+    train_toy.precheck([f"run_dir={tmp_path}", "stages=[vae]"])                  # the same sizes: fine
+    with pytest.raises(SystemExit) as exit_info:
+        train_toy.precheck([f"run_dir={tmp_path}", "stages=[vae]", "arch.latent_channels=8"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err and "other arch sizes" in err and "force=[vae]" in err, err
+    train_toy.precheck([f"run_dir={tmp_path}", "stages=[vae]", "arch.latent_channels=8", "force=[vae]"])
