@@ -119,6 +119,8 @@ def check_types(cfg: DictConfig) -> None:
 def validate(cfg: DictConfig) -> None:
     """Raise ValueError (one line) for a configuration that would fail or misbehave only once training runs."""
     check_types(cfg)
+    if not isinstance(cfg.dry_run, bool):
+        raise ValueError(f"dry_run must be true or false, got {cfg.dry_run!r}")
     for key in ("stages", "force"):
         unknown = [s for s in cfg[key] if s not in STAGES]
         if unknown:
@@ -419,6 +421,9 @@ def _write_card(cfg: DictConfig, card: dict) -> None:
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train_toy")
 def main(cfg: DictConfig) -> None:
+    if cfg.dry_run:                                     # precheck has validated it
+        print(f"options valid; run_dir {cfg.run_dir}, export_dir {cfg.export_dir}, stages {list(cfg.stages)}")
+        return
     torch.set_num_threads(cfg.threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     os.makedirs(cfg.run_dir, exist_ok=True)

@@ -40,7 +40,7 @@ def train_toy():
     ("arch.unet_channels=48", "norm_num_groups"), ("arch.unet_channels=48 arch.unet_norm_groups=16", "heads"),
     ("arch.unet_mult=abc", "arch.unet_mult"), ("arch.unet_mult=[]", "arch.unet_mult"),
     ("arch.unet_attention=[0]", "arch.unet_attention"), ("arch.latent_channels=0", "arch.latent_channels"),
-    ("arch.latent_channels=2.5", "arch.latent_channels must be int"),
+    ("arch.latent_channels=2.5", "arch.latent_channels must be int"), ("dry_run=maybe", "dry_run"),
     ("arch.latent_channels=8 ldm.init=msbd/toy/weights/toy-ldm.safetensors", "ldm.init"),   # 4-channel UNet
 ])
 def test_bad_options_give_one_error_line(train_toy, capsys, override, words):
@@ -225,3 +225,16 @@ def test_run_dir_holding_other_sizes_is_one_error_line(train_toy, tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err and "other arch sizes" in err and "force=[vae]" in err, err
     train_toy.precheck([f"run_dir={tmp_path}", "stages=[vae]", "arch.latent_channels=8", "force=[vae]"])
+
+
+def test_dry_run_validates_and_trains_nothing(tmp_path):
+    """make toy-v2 checks its options in the foreground with dry_run=true before going to the background."""
+    import subprocess
+    import sys
+    run = [sys.executable, os.path.join(ROOT, "scripts", "train_toy.py"), f"run_dir={tmp_path / 'run'}",
+           f"export_dir={tmp_path / 'export'}", "dry_run=true"]
+    ok = subprocess.run(run + ["arch.latent_channels=8"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert ok.returncode == 0 and "options valid" in ok.stdout, ok.stderr[-2000:]
+    assert not (tmp_path / "export").exists() and not (tmp_path / "run" / "vae").exists()
+    bad = subprocess.run(run + ["arch.unet_channels=48"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.startswith("error:") and bad.stderr.count("\n") == 1, bad.stderr
