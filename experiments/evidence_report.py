@@ -242,6 +242,44 @@ def differences_markdown(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+SPREAD_METRICS = ("one object", "objects", "colour ok", "edge ratio", "seam", "seam bg", "halo colour",
+                  "halo texture", "blobs")
+
+
+def seed_spread(rows: list[dict], group: str = "seeds") -> dict[str, tuple]:
+    """C6's spread: per metric, (within-task SD across the seeds, averaged over tasks with a bootstrap CI;
+    SD of the task means, the spread between tasks for scale; seeds per task, tasks). Tasks with fewer than two
+    finite values of a metric are left out of it."""
+    sel = [r for r in rows if r["group"] == group and "error" not in r]
+    out = {}
+    for metric in SPREAD_METRICS:
+        by_task: dict[tuple, list[float]] = {}
+        for r in sel:
+            v = METRICS[metric](r)
+            if math.isfinite(v):
+                by_task.setdefault((int(r["task"]), int(r["size"]), r["mask"]), []).append(v)
+        groups = [np.asarray(v) for v in by_task.values() if len(v) >= 2]
+        if not groups:
+            continue
+        within = bootstrap_mean([float(g.std(ddof=1)) for g in groups])
+        between = float(np.std([g.mean() for g in groups], ddof=1)) if len(groups) > 1 else math.nan
+        out[metric] = (within, between, round(float(np.mean([len(g) for g in groups])), 1), len(groups))
+    return out
+
+
+def seed_spread_markdown(rows: list[dict]) -> str:
+    spread = seed_spread(rows)
+    if not spread:
+        return ""
+    lines = ["#### C6: spread over seeds (the seeds group)", "",
+             "Within a task: the standard deviation of a metric across its seeds, averaged over tasks [95% bootstrap "
+             "CI]; between tasks: the standard deviation of the task means, for scale.", "",
+             "| metric | within a task, across seeds | between tasks | seeds per task | tasks |", "|---|---|---|---|---|"]
+    for metric, (within, between, seeds, tasks) in spread.items():
+        lines.append(f"| {metric} | {within.fmt()} | {_f(between)} | {seeds:g} | {tasks} |")
+    return "\n".join(lines) + "\n"
+
+
 def _by_position(counts: dict) -> tuple[float, float, float]:
     """(after the first stage, after the last stage before the final one, after the final stage)."""
     values = list(counts.values())
@@ -358,7 +396,8 @@ def build_report(out_dir: Path | str) -> dict:
                    f"({len({r['task'] for r in bar_rows})} tasks).\n"]
         (out_dir / "bars.md").write_text("\n".join(bars_md))
         parts += bars_md
-    parts += [means_markdown(rows), differences_markdown(differences(rows)), stage_counts_markdown(rows)]
+    parts += [means_markdown(rows), seed_spread_markdown(rows), differences_markdown(differences(rows)),
+              stage_counts_markdown(rows)]
     (out_dir / "results.md").write_text("\n".join(parts))
     write_csv(rows, out_dir / "rows.csv")
     figures(out_dir, rows)

@@ -109,6 +109,24 @@ def test_best_of_seeds_pairs_per_task():
     assert evidence_report.CLAIMS[8].id == "C6" and a == [0.0] * 3 and b == [1.0] * 3
 
 
+def test_seed_spread_separates_within_task_from_between_task_spread(tmp_path):
+    """C6's spread on constructed rows: task t's 4 seeds have edge ratios t + (0, 1, 2, 3), so the SD across seeds is
+    std([0, 1, 2, 3], ddof=1) in every task, and the task means (t + 1.5) spread like the task indices."""
+    rows = []
+    for t in range(5):
+        rows += [{"group": "seeds", "task": t, "size": 256, "mask": "large", "variant": evidence.OURS, "seed": k,
+                  "count": 1, "colour_ok": True, "edge_ratio": t + k, "seam": 1.0} for k in range(4)]
+    rows.append({**rows[0], "seed": 9, "error": "boom"})                  # failed edits are left out
+    spread = evidence_report.seed_spread(rows)
+    within, between, seeds, tasks = spread["edge ratio"]
+    assert within.mean == pytest.approx(np.std([0, 1, 2, 3], ddof=1)) and within.lo == pytest.approx(within.mean)
+    assert between == pytest.approx(np.std(range(5), ddof=1)) and seeds == 4 and tasks == 5
+    assert spread["one object"][0].mean == 0 and "seam bg" not in spread           # no seam_bg in these rows
+    (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    evidence_report.build_report(tmp_path)
+    assert "#### C6: spread over seeds" in (tmp_path / "results.md").read_text()
+
+
 def test_authors_quirks_switch_every_reference_quirk():
     from experiments.evidence_peers import authors_quirks, quirk_fields_all_switched
     base = MSBDConfig.for_native_size(128)
