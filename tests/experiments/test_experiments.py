@@ -80,7 +80,8 @@ def test_toy_quality_prints_bars_and_verdict(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "vae_psnr_db" in printed and "overall: " in printed
     bars = json.loads((tmp_path / "quality.json").read_text())["bars"]
-    assert {b["bar"] for b in bars} >= {"vae_psnr_db", "t2i_colour_acc", "inpaint_success", "clip_top1", "sr_gain_db"}
+    assert {b["bar"] for b in bars} >= {"vae_psnr_db", "t2i_colour_acc", "inpaint_success", "inpaint_shape_acc",
+                                       "clip_top1", "sr_gain_db"}
     # random weights cannot pass the bars; no reranker / SR weights: those bars are missing and FAIL
     assert done["summary"]["overall"] == "FAIL"
     assert next(b for b in bars if b["bar"] == "clip_top1")["result"] == "FAIL"
