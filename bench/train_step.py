@@ -1,14 +1,15 @@
 """Training throughput of the toy UNet (issue 18's first lever): seconds per step and compute utilisation, side by side.
 
-One step is what `msbd.toy.train_ldm` does per batch, reduced to the model: latents [B, 4, 16, 16] noised at random
+One step is what `msbd.toy.train_ldm` does per batch, reduced to the model: latents [B, C, 16, 16] noised at random
 timesteps, the UNet's eps prediction against the noise (MSE), backward, AdamW. The UNet is the shipped toy
-architecture (`msbd/toy/weights/toy-ldm.json`) with random weights (time does not depend on their values).
+architecture (`msbd/toy/weights/toy-ldm.json`, or `--arch` sizes) with random weights (time does not depend on
+their values).
 Variants, each a fresh model and optimiser, run interleaved `--repeats` times after a warm-up so that a noisy
 machine hits all of them alike; the median is reported with samples per second and the achieved GFLOP/s of the
 step (FLOPs counted once by torch.utils.flop_counter), next to a large fp32 matmul's GFLOP/s on the same threads
 (an attainable peak for this CPU):
 
-    fp32            the plain step (what train_toy.py runs)
+    fp32            the plain model step (fp32, as train_toy.py trains)
     channels_last   NHWC weights and activations
     bf16            forward and backward under bf16 autocast (fp32 weights and AdamW)
     bf16_cl         both
@@ -17,7 +18,11 @@ step (FLOPs counted once by torch.utils.flop_counter), next to a large fp32 matm
                     training_step (the frozen text encoder on token ids, min-SNR weighting), AdamW with its LR
                     schedule, the EMA update
     lightning       the same module in a pl.Trainer over a DataLoader of LatentCaptionDataset, as train_toy.py runs
-                    it (per-step times from a callback; run as one block after the interleaved rounds)
+                    it without its log and checkpoint files (time from one batch's start to the next: data, step
+                    and every batch-end hook; run as one block after the interleaved rounds)
+
+GFLOP/s and the share of the matmul peak count the UNet step's FLOPs only, also for the last two (whose steps do
+more: the text encoder, the EMA, the loop).
 
 `--arch KEY=VALUE ...` times other sizes (train_toy's `arch` options: latent_channels, unet_channels, unet_mult,
 unet_res_blocks, unet_head_channels, unet_norm_groups, unet_attention), e.g. `--arch unet_channels=48
@@ -48,8 +53,6 @@ from ldm.models.unet import UNetModel  # noqa: E402
 VARIANTS = {"fp32": (False, False), "channels_last": (False, True), "bf16": (True, False), "bf16_cl": (True, True)}
 
 
-ARCH_KEYS = ("latent_channels", "unet_channels", "unet_mult", "unet_res_blocks", "unet_head_channels",
-             "unet_norm_groups", "unet_attention")
 CONFIG = None                       # set by main from --arch; None: the shipped toy-ldm.json
 
 
@@ -60,24 +63,23 @@ def toy_config() -> LDMConfig:
 
 
 def arch_config(pairs: list[str]) -> LDMConfig:
-    """The shipped toy config with train_toy's `arch` options changed (`unet_mult=[1,2,4]` style values)."""
+    """The shipped toy config with train_toy's `arch` options changed (`presets.toy_arch`; values as in YAML:
+    `unet_channels=48`, `unet_mult=[1,2,4]`). ValueError (one line) for anything it refuses."""
     from dataclasses import replace
-    config = toy_config()
+
+    from msbd.toy.presets import toy_arch
     arch = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or key not in ARCH_KEYS:
-            raise ValueError(f"--arch takes KEY=VALUE with KEY one of {', '.join(ARCH_KEYS)}, got {pair!r}")
+        if not sep:
+            raise ValueError(f"--arch takes KEY=VALUE, got {pair!r}")
         try:
-            arch[key] = tuple(json.loads(value)) if value.startswith("[") else int(value)
-        except (ValueError, TypeError):
-            raise ValueError(f"--arch {key}: {value!r} is not an int (or a [list] of ints)") from None
-    c = arch.get("latent_channels", config.vae.embed_dim)
-    names = {"unet_channels": "model_channels", "unet_mult": "channel_mult", "unet_res_blocks": "num_res_blocks",
-             "unet_head_channels": "num_head_channels", "unet_norm_groups": "norm_num_groups",
-             "unet_attention": "attention_resolutions"}
-    unet = replace(config.unet, in_channels=c, out_channels=c, **{names[k]: v for k, v in arch.items() if k in names})
-    return replace(config, unet=unet, vae=replace(config.vae, z_channels=c, embed_dim=c))
+            arch[key] = json.loads(value)
+        except ValueError:
+            raise ValueError(f"--arch {key}: {value!r} is not an int or a [list] of ints") from None
+    config = toy_config()
+    vae, unet = toy_arch(arch, config.text)
+    return replace(config, unet=unet, vae=vae)
 
 
 def toy_unet(seed: int = 0) -> UNetModel:
@@ -150,22 +152,25 @@ class ModuleTrainer:
 
 def lightning_times(z0: torch.Tensor, ids: torch.Tensor, steps: int) -> list[float]:
     """Seconds of each of `steps` steps (after one warm-up step) of LDMLitModule in a pl.Trainer over a DataLoader of
-    LatentCaptionDataset, as scripts/train_toy.py runs it (no checkpoints or logs written)."""
+    LatentCaptionDataset, as scripts/train_toy.py runs it, less its CSV log (a row every 20 steps) and checkpoint
+    (every 100 steps), which are not written here."""
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader
 
     from msbd.toy.train_ldm import LatentCaptionDataset, LDMLitModule, LDMTrainConfig
 
     class StepTimer(pl.Callback):
+        """Times from one batch's start to the next (the last one to the end of fit): the data fetch, the step,
+        the module's and the callbacks' batch-end hooks (the EMA update) all fall inside."""
+
         def __init__(self) -> None:
-            self.times: list[float] = []
-            self.t0 = 0.0
+            self.starts: list[float] = []
 
         def on_train_batch_start(self, *args) -> None:
-            self.t0 = time.perf_counter()
+            self.starts.append(time.perf_counter())
 
-        def on_train_batch_end(self, *args) -> None:
-            self.times.append(time.perf_counter() - self.t0)
+        def on_train_end(self, *args) -> None:
+            self.starts.append(time.perf_counter())
 
     torch.manual_seed(0)
     config = toy_config()
@@ -176,8 +181,8 @@ def lightning_times(z0: torch.Tensor, ids: torch.Tensor, steps: int) -> list[flo
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=steps + 1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[timer])
     trainer.fit(module, DataLoader(data, batch_size=len(z0), shuffle=True, drop_last=True))
-    assert len(timer.times) == n // len(z0)
-    return timer.times[1:]
+    assert len(timer.starts) == n // len(z0) + 1
+    return [b - a for a, b in zip(timer.starts[1:-1], timer.starts[2:])]
 
 
 def step_flops(batch: tuple[torch.Tensor, ...]) -> int:

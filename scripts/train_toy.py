@@ -65,24 +65,8 @@ def text_config(cfg: DictConfig):
 
 
 def arch_configs(cfg: DictConfig):
-    """(AutoencoderConfig, UNetConfig) of the `arch` options: the shipped sizes by default. The VAE keeps its depth
-    (factor 8) and width; its latent channels are the UNet's in and out channels. The configs check themselves
-    (a width that does not split into heads or GroupNorm groups is a ValueError)."""
-    from dataclasses import replace
-    a = cfg.arch
-    for key in ("unet_mult", "unet_attention"):
-        value = a[key]
-        if not OmegaConf.is_list(value) or not value or not all(isinstance(v, int) and v >= 1 for v in value):
-            raise ValueError(f"arch.{key} must be a non-empty list of positive ints, got {value!r}")
-    for key in ("latent_channels", "unet_channels", "unet_res_blocks", "unet_head_channels", "unet_norm_groups"):
-        if a[key] < 1:
-            raise ValueError(f"arch.{key} must be positive, got {a[key]}")
-    vae = replace(presets.TOY_VAE, z_channels=a.latent_channels, embed_dim=a.latent_channels)
-    unet = replace(presets.TOY_UNET, in_channels=a.latent_channels, out_channels=a.latent_channels,
-                   model_channels=a.unet_channels, channel_mult=tuple(a.unet_mult), num_res_blocks=a.unet_res_blocks,
-                   num_head_channels=a.unet_head_channels, norm_num_groups=a.unet_norm_groups,
-                   attention_resolutions=tuple(a.unet_attention), context_dim=text_config(cfg).hidden_size)
-    return vae, unet
+    """(AutoencoderConfig, UNetConfig) of the `arch` options (`presets.toy_arch`: the shipped sizes by default)."""
+    return presets.toy_arch(OmegaConf.to_container(cfg.arch, resolve=True), text_config(cfg))
 
 
 def ldm_model_config(cfg: DictConfig, scale: float = 1.0):

@@ -56,6 +56,43 @@ def toy_ldm_config(scale_factor: float, text: CLIPTextConfig = TOY_CLIP_TEXT, va
                      image_size=TOY_IMAGE_SIZE)
 
 
-def toy_ldm_config_dict(scale_factor: float, text: CLIPTextConfig = TOY_CLIP_TEXT, vae: AutoencoderConfig = TOY_VAE,
-                        unet: UNetConfig = TOY_UNET) -> dict:
-    return toy_ldm_config(scale_factor, text, vae, unet).to_dict()
+# train_toy's `arch` options (configs/train_toy.yaml) and the shipped sizes they default to
+TOY_ARCH = {"latent_channels": 4, "unet_channels": 32, "unet_mult": [1, 2, 4], "unet_res_blocks": 2,
+            "unet_head_channels": 32, "unet_norm_groups": 32, "unet_attention": [1, 2]}
+_ARCH_LISTS = ("unet_mult", "unet_attention")
+
+
+def toy_arch(arch: dict, text: CLIPTextConfig = TOY_CLIP_TEXT) -> tuple[AutoencoderConfig, UNetConfig]:
+    """(AutoencoderConfig, UNetConfig) of `arch` (keys of TOY_ARCH; missing ones keep the shipped value).
+
+    The VAE keeps its depth (factor 8) and width; its latent channels are the UNet's in and out channels. A
+    ValueError (one line) for an unknown key, a value of the wrong type, a UNet deeper than the 16 x 16 latent
+    allows, an attention level that is not 2**level of an existing level, or widths that do not split into heads or
+    GroupNorm groups (the configs check those)."""
+    unknown = sorted(set(arch) - set(TOY_ARCH))
+    if unknown:
+        raise ValueError(f"arch: unknown option(s) {unknown}; known: {', '.join(TOY_ARCH)}")
+    a = {**TOY_ARCH, **arch}
+    for key, value in a.items():
+        if key in _ARCH_LISTS:
+            if (not isinstance(value, (list, tuple)) or not value
+                    or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
+                raise ValueError(f"arch.{key} must be a non-empty list of positive ints, got {value!r}")
+        elif not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"arch.{key} must be a positive int, got {value!r}")
+    latent = TOY_IMAGE_SIZE // 8
+    levels = len(a["unet_mult"])
+    if latent % 2 ** (levels - 1):
+        raise ValueError(f"arch.unet_mult: {levels} levels downsample the {latent} x {latent} latent "
+                         f"{2 ** (levels - 1)} times, more than it divides by")
+    allowed = [2 ** level for level in range(levels)]
+    if any(v not in allowed for v in a["unet_attention"]):
+        raise ValueError(f"arch.unet_attention holds downsampling factors 2**level of the UNet's levels, "
+                         f"{allowed}; got {list(a['unet_attention'])}")
+    c = a["latent_channels"]
+    vae = replace(TOY_VAE, z_channels=c, embed_dim=c)
+    unet = replace(TOY_UNET, in_channels=c, out_channels=c, model_channels=a["unet_channels"],
+                   channel_mult=tuple(a["unet_mult"]), num_res_blocks=a["unet_res_blocks"],
+                   num_head_channels=a["unet_head_channels"], norm_num_groups=a["unet_norm_groups"],
+                   attention_resolutions=tuple(a["unet_attention"]), context_dim=text.hidden_size)
+    return vae, unet

@@ -26,7 +26,8 @@ def test_table_has_every_variant_and_json(tmp_path):
     bad = subprocess.run([sys.executable, os.path.join(REPO, "bench", "train_step.py"), "--batch", "0"],
                          capture_output=True, text=True, cwd=REPO, timeout=120)
     assert bad.returncode == 2 and bad.stderr.startswith("error:")
-    for arch in (["nope=3"], ["unet_channels=48"], ["unet_mult=abc"]):      # unknown key; 48 in 32 groups; no int
+    for arch in (["nope=3"], ["unet_channels=48"], ["unet_mult=abc"], ["latent_channels=[8]"], ["unet_attention=5"],
+                 ["unet_attention=[3]"], ["unet_mult=[1,1,1,1,1,1]"]):   # unknown; 48 in 32 groups; types; depth
         bad = subprocess.run([sys.executable, os.path.join(REPO, "bench", "train_step.py"), "--arch", *arch],
                              capture_output=True, text=True, cwd=REPO, timeout=120)
         assert bad.returncode == 2 and bad.stderr.startswith("error:") and bad.stderr.count("\n") == 1, bad.stderr
