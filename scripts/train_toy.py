@@ -133,15 +133,59 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"ldm.freeze_text takes the text encoder from the toy CLIP, and there is none "
                          f"({clip_path(cfg)} is missing): add the clip stage (stages=[clip,ldm]) or set "
                          f"ldm.freeze_text=false")
+    for build in (vae_config, ldm_config, clip_config, sr_config, arch_configs):
+        build(cfg)                                  # the dataclasses check their own values
     for stage in ("vae", "ldm"):
         if cfg[stage].init and stage in cfg.stages:
             try:
                 load_init(stage, cfg[stage].init, ldm_model_config(cfg))
             except ValueError as err:               # ldm.checkpoint's CheckpointError: what does not fit
                 raise ValueError(f"{stage}.init: {err}") from None
-    for build in (vae_config, ldm_config, clip_config, sr_config, arch_configs):
-        build(cfg)                                  # the dataclasses check their own values
     check_run_dir(cfg)
+
+
+STAGE_FILES = ("last.ckpt", "arch.json", "metrics.json", "vae.safetensors", "ldm.safetensors", "clip.safetensors",
+               "sr.safetensors")
+
+
+def forced_stages(cfg: DictConfig) -> set[str]:
+    """The stages of this run that start from scratch: `force`, and the ldm stage with a forced VAE (its latents
+    come from the VAE)."""
+    forced = set(cfg.force) & set(cfg.stages)
+    if "vae" in forced and "ldm" in cfg.stages:
+        forced.add("ldm")
+    return forced
+
+
+def start_fresh(cfg: DictConfig, stage: str) -> str | None:
+    """Move a forced stage's checkpoint, exports and arch record into run_dir/<stage>/replaced-<time>/ (kept, not
+    deleted), so that it trains from scratch; the ldm stage's latent caches stay. Returns that folder, or None."""
+    stage_dir = os.path.join(cfg.run_dir, stage)
+    present = [f for f in STAGE_FILES if os.path.isfile(os.path.join(stage_dir, f))]
+    if not present:
+        return None
+    aside = os.path.join(stage_dir, time.strftime("replaced-%Y%m%d-%H%M%S"))
+    os.makedirs(aside, exist_ok=True)
+    for f in present:
+        os.replace(os.path.join(stage_dir, f), os.path.join(aside, f))
+    return aside
+
+
+def _arch_record(cfg: DictConfig, stage: str) -> dict:
+    """What of `arch` a stage's weights depend on (the VAE: its latent channels; the UNet: every size, and the width
+    of the text it attends to)."""
+    arch = OmegaConf.to_container(cfg.arch, resolve=True)
+    if stage == "vae":
+        return {"latent_channels": arch["latent_channels"]}
+    return {**arch, "context_dim": text_config(cfg).hidden_size}
+
+
+def write_arch(cfg: DictConfig, stage: str) -> None:
+    """run_dir/<stage>/arch.json: the sizes this stage trains, for check_run_dir of later runs."""
+    stage_dir = os.path.join(cfg.run_dir, stage)
+    os.makedirs(stage_dir, exist_ok=True)
+    with open(os.path.join(stage_dir, "arch.json"), "w") as f:
+        json.dump(_arch_record(cfg, stage), f, indent=2)
 
 
 def _stored_shapes(path: str, prefix: str = "") -> dict[str, tuple[int, ...]]:
@@ -155,31 +199,40 @@ def _stored_shapes(path: str, prefix: str = "") -> dict[str, tuple[int, ...]]:
 
 
 def check_run_dir(cfg: DictConfig) -> None:
-    """A VAE or UNet already in run_dir (exported or a last.ckpt to resume) must have this run's `arch` sizes; a
-    run with other sizes needs its own run_dir (or `force=[stage]`, which retrains from scratch)."""
+    """A VAE or UNet already in run_dir (exported or a last.ckpt to resume) of a stage this run trains must have
+    this run's `arch` sizes: its arch.json must match (sizes that leave the tensor shapes alone, such as head
+    channels and GroupNorm groups, count too), and without one (older runs) its tensor names and shapes. A run with
+    other sizes needs another run_dir or `force=[stage]` (the old files are moved aside)."""
     from ldm.models.autoencoder import AutoencoderKL
     from ldm.models.unet import UNetModel
-    vae_cfg, unet_cfg = arch_configs(cfg)
-    expected = {"vae": ({k: tuple(v.shape) for k, v in AutoencoderKL(vae_cfg).state_dict().items()}, "vae."),
-                "ldm": ({k: tuple(v.shape) for k, v in UNetModel(unet_cfg).state_dict().items()}, "unet.")}
-    files = {"vae": ("vae.safetensors", "last.ckpt"), "ldm": ("ldm.safetensors", "last.ckpt")}
-    for stage, names in files.items():
-        if stage in cfg.force or (stage == "ldm" and "vae" in cfg.force):
+    forced = forced_stages(cfg)
+    for stage in (s for s in ("vae", "ldm") if s in cfg.stages and s not in forced):
+        stage_dir = os.path.join(cfg.run_dir, stage)
+        record = os.path.join(stage_dir, "arch.json")
+        if os.path.isfile(record):
+            with open(record) as f:
+                stored = json.load(f)
+            wanted = _arch_record(cfg, stage)
+            if stored != wanted:
+                diff = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+                raise ValueError(f"{record}: {stage} trained with {diff[0]}={stored.get(diff[0])}, this run has "
+                                 f"{wanted.get(diff[0])}: use another run_dir or force=[{stage}]")
             continue
-        want, prefix = expected[stage]
-        for name in names:
-            path = os.path.join(cfg.run_dir, stage, name)
+        vae_cfg, unet_cfg = arch_configs(cfg)
+        model = AutoencoderKL(vae_cfg) if stage == "vae" else UNetModel(unet_cfg)
+        want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        for name in ("last.ckpt", f"{stage}.safetensors"):
+            path = os.path.join(stage_dir, name)
             if not os.path.isfile(path):
                 continue
-            stored = _stored_shapes(path, prefix)
+            stored = _stored_shapes(path, "vae." if stage == "vae" else "unet.")
             if stage == "ldm" and name.endswith(".safetensors"):
                 stored = {k.removeprefix("model.diffusion_model."): v for k, v in stored.items()
                           if k.startswith("model.diffusion_model.")}
-            bad = sorted(k for k in want if stored.get(k, want[k]) != want[k])
-            if bad or not set(want) <= set(stored):
-                what = f"{bad[0]} is {stored[bad[0]]}, arch wants {want[bad[0]]}" if bad else "other layers"
-                raise ValueError(f"{path} was trained with other arch sizes ({what}): use another run_dir or "
-                                 f"force=[{stage}]")
+            bad = sorted(k for k in set(want) | set(stored) if stored.get(k) != want.get(k))
+            if bad:
+                raise ValueError(f"{path} was trained with other arch sizes ({bad[0]} is {stored.get(bad[0])}, "
+                                 f"arch wants {want.get(bad[0])}): use another run_dir or force=[{stage}]")
 
 
 def clip_path(cfg: DictConfig) -> str:
@@ -246,6 +299,7 @@ def train_vae(cfg: DictConfig, cache, card: dict) -> str:
         return out
     tc = vae_config(cfg)
     module = VAELitModule(arch_configs(cfg)[0], tc)
+    write_arch(cfg, "vae")
     resuming = os.path.exists(os.path.join(stage_dir, "last.ckpt"))
     if cfg.vae.init and not resuming:
         warm_start(module, cfg.vae.init, ldm_model_config(cfg))
@@ -265,14 +319,14 @@ def train_vae(cfg: DictConfig, cache, card: dict) -> str:
 
 @torch.no_grad()
 def encode_latents(vae_path: str, cache, stage_dir: str, name: str = "latents",
-                   vae_config=presets.TOY_VAE) -> tuple[torch.Tensor, float]:
+                   vae_sizes=presets.TOY_VAE) -> tuple[torch.Tensor, float]:
     """Posterior means of every training render and the scale factor that gives them unit variance."""
     out = os.path.join(stage_dir, f"{name}.safetensors")
     if os.path.exists(out) and os.path.getmtime(out) > os.path.getmtime(vae_path):
         saved = load_file(out)
         return saved["latents"], round_scale(saved["scale"])              # stored as float32: re-round
     from ldm.models.autoencoder import AutoencoderKL
-    vae = AutoencoderKL(vae_config).eval()
+    vae = AutoencoderKL(vae_sizes).eval()
     vae.load_state_dict(load_file(vae_path))
     chunks = [vae.encode(images_to_tensor(cache.images[i:i + 256]) * 2 - 1)
               for i in tqdm(range(0, len(cache), 256), desc=f"encode {name}", unit="chunk")]
@@ -331,6 +385,7 @@ def train_ldm(cfg: DictConfig, caches: list, latents: torch.Tensor, scale: float
     tc = ldm_config(cfg)
     config = ldm_model_config(cfg)
     module = LDMLitModule(config.unet, config.text, tc)
+    write_arch(cfg, "ldm")
     resuming = os.path.exists(os.path.join(stage_dir, "last.ckpt"))
     if cfg.ldm.init and not resuming:
         warm_start(module, cfg.ldm.init, config)
@@ -411,6 +466,10 @@ def main(cfg: DictConfig) -> None:
     torch.set_num_threads(cfg.threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     os.makedirs(cfg.run_dir, exist_ok=True)
+    for stage in sorted(forced_stages(cfg)):            # force: from scratch, the old files kept aside
+        aside = start_fresh(cfg, stage)
+        if aside:
+            print(f"force: {stage} starts from scratch; its previous files are in {aside}")
     card: dict = {"config": OmegaConf.to_container(cfg, resolve=True)}
     if "clip" in cfg.stages:                            # first: the ldm stage takes its text tower
         from msbd.toy.clip_model import train_clip
@@ -421,7 +480,7 @@ def main(cfg: DictConfig) -> None:
         cache = render_cache(os.path.join(cfg.run_dir, "cache"), seed_range("train", cfg.data.n_train), cfg.data.size)
         vae_path = train_vae(cfg, cache, card)
         vae_cfg = arch_configs(cfg)[0]
-        latents, scale = encode_latents(vae_path, cache, os.path.join(cfg.run_dir, "ldm"), vae_config=vae_cfg)
+        latents, scale = encode_latents(vae_path, cache, os.path.join(cfg.run_dir, "ldm"), vae_sizes=vae_cfg)
         card["latent_scale"] = scale
         if "ldm" in cfg.stages:
             caches, (singles, name) = [cache], single_cache(cfg)

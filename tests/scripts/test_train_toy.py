@@ -199,6 +199,8 @@ def test_arch_options_train_and_export_a_loadable_model_of_other_sizes(train_toy
     assert vae_cfg.embed_dim == vae_cfg.z_channels == unet_cfg.in_channels == unet_cfg.out_channels == 8
     cache = render_cache(str(tmp_path / "cache"), seed_range("train", 8), 128)
     out = train_toy.train_ldm(cfg, [cache], torch.randn(8, 8, 16, 16), 1.0, {})
+    record = json.loads((tmp_path / "ldm" / "arch.json").read_text())        # what later runs are checked against
+    assert record["latent_channels"] == 8 and record["unet_mult"] == [1, 2] and record["context_dim"] == 48
     vae_path = tmp_path / "vae.safetensors"
     save_file({k: v.contiguous() for k, v in AutoencoderKL(vae_cfg).state_dict().items()}, str(vae_path))
     train_toy.export(cfg, str(vae_path), out, 0.5)
@@ -225,6 +227,47 @@ def test_run_dir_holding_other_sizes_is_one_error_line(train_toy, tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err and "other arch sizes" in err and "force=[vae]" in err, err
     train_toy.precheck([f"run_dir={tmp_path}", "stages=[vae]", "arch.latent_channels=8", "force=[vae]"])
+    train_toy.precheck([f"run_dir={tmp_path}", "stages=[sr]", "arch.latent_channels=8"])   # the VAE is not trained
+
+
+def test_run_dir_checks_a_resumable_checkpoint_and_the_arch_record(train_toy, tmp_path, capsys):
+    """A UNet's last.ckpt of other sizes is refused (not a traceback inside Lightning), and so is an arch.json whose
+    sizes leave every tensor shape alone (GroupNorm groups)."""
+    from hydra import compose, initialize_config_dir
+
+    from msbd.toy.train_ldm import LDMLitModule, LDMTrainConfig
+    module = LDMLitModule(presets.TOY_UNET, presets.TOY_CLIP_TEXT, LDMTrainConfig())
+    (tmp_path / "ldm").mkdir()
+    torch.save({"state_dict": module.state_dict(), "global_step": 3}, tmp_path / "ldm" / "last.ckpt")
+    train_toy.precheck([f"run_dir={tmp_path}", "stages=[ldm]"])                       # the shipped sizes: fine
+
+    def refused(override: str, words: str) -> None:
+        with pytest.raises(SystemExit):
+            train_toy.precheck([f"run_dir={tmp_path}", "stages=[ldm]", *override.split()])
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and "\n" not in err and words in err and "force=[ldm]" in err, err
+
+    refused("arch.unet_channels=48 arch.unet_head_channels=24 arch.unet_norm_groups=16",
+            "last.ckpt was trained with other arch sizes")
+    train_toy.precheck([f"run_dir={tmp_path}", "stages=[ldm]", "arch.unet_norm_groups=16"])   # same shapes: unseen
+    with initialize_config_dir(config_dir=os.path.join(ROOT, "configs"), version_base="1.3"):
+        train_toy.write_arch(compose("train_toy", overrides=[f"run_dir={tmp_path}"]), "ldm")   # as training does
+    refused("arch.unet_norm_groups=16", "unet_norm_groups=32")                # now the record tells
+
+
+def test_force_moves_the_stage_aside_and_a_forced_vae_retrains_the_unet(train_toy, tmp_path):
+    from omegaconf import OmegaConf
+    cfg = OmegaConf.create({"run_dir": str(tmp_path), "force": ["vae"], "stages": ["vae", "ldm"]})
+    assert train_toy.forced_stages(cfg) == {"vae", "ldm"}
+    assert train_toy.forced_stages(OmegaConf.merge(cfg, {"stages": ["vae"]})) == {"vae"}
+    assert train_toy.forced_stages(OmegaConf.merge(cfg, {"force": ["sr"]})) == set()        # sr does not run
+    (tmp_path / "ldm").mkdir()
+    for name in ("last.ckpt", "ldm.safetensors", "arch.json", "latents.safetensors"):
+        (tmp_path / "ldm" / name).write_bytes(name.encode())
+    aside = train_toy.start_fresh(cfg, "ldm")
+    assert sorted(os.listdir(aside)) == ["arch.json", "last.ckpt", "ldm.safetensors"]
+    assert (tmp_path / "ldm" / "latents.safetensors").exists() and not (tmp_path / "ldm" / "last.ckpt").exists()
+    assert train_toy.start_fresh(cfg, "vae") is None                                        # nothing there
 
 
 def test_dry_run_validates_and_trains_nothing(tmp_path):
