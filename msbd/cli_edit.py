@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import warnings
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ldm.checkpoint.formats import sha256_file
 from msbd.config import MSBDConfig, resolve_seed
 from msbd.crop import plan_crop, stage_sizes
 from msbd.errors import InputError
@@ -58,12 +58,6 @@ def validate_config(config: MSBDConfig, multiple: int | None = None) -> None:
     config.seed = resolve_seed(config.seed)
 
 
-def sha256_file(path: PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def weights_hashes(bundle: ModelBundle) -> dict[str, str]:

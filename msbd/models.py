@@ -119,6 +119,8 @@ def build_bundle(config: LDMConfig | str, ckpt_path: str | os.PathLike | None = 
         loaded = load_models(ckpt_path, config, inpainting=inpainting)
         unet, vae, text, config = loaded.unet, loaded.vae, loaded.text_encoder, loaded.config
         files["ldm"] = os.fspath(ckpt_path)
+        from ldm.checkpoint.formats import linked_files       # an overlay's base, a linked text encoder
+        files.update({f"ldm.{role}": os.fspath(p) for role, p in linked_files(ckpt_path).items()})
     device = torch.device(device)
     unet, vae, text = (m.to(device, dtype).eval().requires_grad_(False) for m in (unet, vae, text))
     bundle = ModelBundle(unet, vae, text, CLIPTokenizer(pad_token_id=config.text.pad_token_id), config.scale_factor,

@@ -29,7 +29,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from ldm.models.tokenizer import CLIPTokenizer  # noqa: E402
-from ldm.checkpoint.formats import TEXT_FROM_KEY  # noqa: E402
+from ldm.checkpoint.components import PREFIXES  # noqa: E402
+from ldm.checkpoint.formats import TEXT_FROM_KEY, TEXT_SHA_KEY, sha256_file  # noqa: E402
 from msbd.errors import composition_message  # noqa: E402
 from msbd.toy import presets  # noqa: E402
 from msbd.toy.data import images_to_tensor, render_cache, seed_range, single_object_renderer  # noqa: E402
@@ -40,7 +41,7 @@ from msbd.toy.train_ldm import (  # noqa: E402
 
 
 STAGES = ("vae", "clip", "ldm", "sr")
-TEXT_PREFIX = "cond_stage_model.transformer."   # the SD v1 text encoder's checkpoint prefix
+TEXT_PREFIX = PREFIXES["text"]                  # the SD v1 text encoder's checkpoint prefix
 SINGLE_OFFSET = 500_000      # the extra single-object scenes (data.n_single) use training seeds from here on
 
 
@@ -432,7 +433,7 @@ def _text_link(cfg: DictConfig, state: dict[str, torch.Tensor]) -> dict[str, str
     target = os.path.join(cfg.export_dir, os.path.basename(presets.CLIP_WEIGHTS))
     if os.path.abspath(source) != os.path.abspath(target):
         shutil.copyfile(source, target)
-    return {TEXT_FROM_KEY: os.path.basename(target)}
+    return {TEXT_FROM_KEY: os.path.basename(target), TEXT_SHA_KEY: sha256_file(target)}
 
 
 def export(cfg: DictConfig, vae_path: str, ldm_path: str, scale: float) -> None:

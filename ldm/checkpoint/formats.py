@@ -7,13 +7,15 @@ Formats, recognised from the content (not the suffix):
   in the same folder) is an overlay: the base is read first and the overlay's tensors replace or add to its own
   (how the toy inpainting UNet ships its fine-tuned tensors only, within the toy weight budget); one whose metadata
   holds `msbd_text_from` (a file in the same folder holding an open_clip CLIP) takes its text encoder from that
-  CLIP's text tower, SD v1 style (how the toy UNet's frozen text encoder ships once, in toy-clip.safetensors);
+  CLIP's text tower, SD v1 style (how the toy UNet's frozen text encoder ships once, in toy-clip.safetensors),
+  refusing a CLIP file other than the one it was exported beside (`msbd_text_from_sha256`);
 * "diffusers": a folder with unet/, vae/ and text_encoder/ (safetensors or .bin, possibly sharded), whose keys
   are mapped to ours by `ldm.convert` and given the CompVis prefixes, so every format yields the same dict.
 A CompVis `{"state_dict": {...}, ...}` checkpoint yields its state_dict; everything else in it is dropped.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import zipfile
@@ -93,12 +95,47 @@ def _tensor_dict(obj: object, source: str) -> StateDict:
 
 OVERLAY_KEY = "msbd_overlay_base"
 TEXT_FROM_KEY = "msbd_text_from"
+TEXT_SHA_KEY = "msbd_text_from_sha256"         # of the linked CLIP file as exported beside it
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def linked_files(path: str | os.PathLike) -> dict[str, Path]:
+    """The files a safetensors checkpoint reads besides itself through its metadata links, by role: `overlay_base`,
+    `text_from`, nested as `overlay_base.text_from`; {} for a file without links, another format or a folder.
+    (For provenance; `read_state_dict` has validated the links.)"""
+    out: dict[str, Path] = {}
+
+    def walk(p: Path, prefix: str, seen: frozenset) -> None:
+        with safe_open(os.fspath(p), "pt") as f:
+            metadata = f.metadata() or {}
+        for role, key in (("text_from", TEXT_FROM_KEY), ("overlay_base", OVERLAY_KEY)):
+            target = p.parent / metadata[key] if key in metadata else None
+            if target is None or target in seen or not target.is_file():
+                continue
+            out[prefix + role] = target
+            if role == "overlay_base":
+                walk(target, f"{prefix}{role}.", seen | {target})
+
+    p = Path(path)
+    if p.is_file() and detect_format(p) == "safetensors":
+        walk(p, "", frozenset({p}))
+    return out
 
 
 def _linked(path: str | os.PathLike, name: str, what: str, seen: tuple[str, ...]) -> Path:
     """The file `name` beside `path`, which a metadata link (`what`) names; a bare file name, present, no loop."""
     linked = Path(path).parent / name
-    if os.path.basename(name) != name or not linked.is_file() or str(linked) in seen:
+    if os.path.basename(name) != name:
+        raise CheckpointError(f"{path} {what} {name!r}, which must be the name of another file in the same folder, "
+                              f"not a path")
+    if not linked.is_file() or str(linked) in seen:
         raise CheckpointError(f"{path} {what} {name!r}, which must be another file in the same folder "
                               f"({linked} {'is part of a loop' if str(linked) in seen else 'not found'})")
     return linked
@@ -114,8 +151,14 @@ def _read_safetensors(path: str | os.PathLike, _seen: tuple[str, ...] = ()) -> S
     seen = (*_seen, str(path))
     if (text_from := metadata.get(TEXT_FROM_KEY)) is not None:
         clip_path = _linked(path, text_from, "takes its text encoder from", seen)
+        expected = metadata.get(TEXT_SHA_KEY)
+        if expected is not None and (found := sha256_file(clip_path)) != expected:
+            raise CheckpointError(f"{path} was exported beside another {text_from} (sha256 {expected[:12]}..., "
+                                  f"this one {found[:12]}...): its UNet was trained on that file's text tower; "
+                                  f"restore it or re-export the checkpoint")
+        clip_state = _read_safetensors(clip_path, seen)
         try:
-            text = clip_text_from_open_clip(_read_safetensors(clip_path, seen))
+            text = clip_text_from_open_clip(clip_state)
         except ValueError as e:
             raise CheckpointError(f"{clip_path}: no open_clip text tower for {path} ({e})") from None
         state = {**{TEXT_PREFIXES["transformers"] + k: v for k, v in text.items()}, **state}

@@ -33,8 +33,17 @@ def _count(path: Path, prefix: str = "") -> int:
 
 def _text_from(path: Path) -> str | None:
     """The CLIP file an LDM file takes its text encoder from (metadata `msbd_text_from`), or None."""
+    from ldm.checkpoint.formats import TEXT_FROM_KEY
     with safe_open(str(path), "pt") as f:
-        return (f.metadata() or {}).get("msbd_text_from")
+        return (f.metadata() or {}).get(TEXT_FROM_KEY)
+
+
+def _text_tower_count(clip_file: Path) -> int:
+    """Parameters of the text encoder the loader builds from a CLIP file's text tower."""
+    from safetensors.torch import load_file
+
+    from ldm.convert.clip_text import clip_text_from_open_clip
+    return sum(v.numel() for v in clip_text_from_open_clip(load_file(str(clip_file))).values())
 
 
 def _progress(ckpt: Path) -> tuple[int | None, float | None]:
@@ -90,8 +99,7 @@ def write_model_card(run_dir: str | os.PathLike, export_dir: str | os.PathLike, 
         if not ldm_file.exists():
             continue
         if text_from and prefix == PREFIXES["text encoder (CLIPTextEncoder)"]:
-            tower = _count(out / text_from, "token_embedding.") + _count(out / text_from, "positional_embedding") \
-                + _count(out / text_from, "transformer.") + _count(out / text_from, "ln_final.")
+            tower = _text_tower_count(out / text_from)
             lines.append(f"| `{ldm_file.name}` | {name}: not stored, read from the text tower of `{text_from}` "
                          f"(metadata `msbd_text_from`) | {tower:,} | |")
         else:

@@ -70,7 +70,10 @@ def test_edit_and_paper_on_toy(tmp_path):
          f"prompt={task.prompt}", f"output={tmp_path / 'out.png'}")
     saved = Image.open(tmp_path / "out.png")
     hashes = json.loads(saved.text["weights_sha256"])
-    assert len(hashes) == 3                                 # LDM, SR and CLIP files, each hashed
+    assert set(hashes) == {"ldm", "ldm.text_from", "upscaler", "reranker"}   # every file read, the linked CLIP too
+    from ldm.checkpoint.formats import sha256_file
+    from msbd.toy import presets
+    assert hashes["ldm.text_from"] == sha256_file(presets.CLIP_WEIGHTS) == hashes["reranker"]
     (tmp_path / "list.txt").write_text(f"{task.prompt}; pic.png; 1.2\n")
     done = _run(tmp_path / "paper", "paper", f"paper.inputs={tmp_path / 'list.txt'}")
     assert done["summary"]["pic.png"]["outside_identical"] is True

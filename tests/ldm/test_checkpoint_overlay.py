@@ -72,13 +72,18 @@ def test_text_encoder_read_from_a_linked_clip(base):
 
 
 @pytest.mark.parametrize("target, message", [("gone.safetensors", "not found"),
-                                             ("sub/clip.safetensors", "another file in the same folder"),
+                                             ("sub/clip.safetensors", "not a path"),         # it exists there
                                              ("selflink.safetensors", "part of a loop"),
-                                             ("notclip.safetensors", "no open_clip text tower")])
+                                             ("notclip.safetensors", "no open_clip text tower"),
+                                             ("clip.safetensors", "exported beside another clip.safetensors")])
 def test_bad_text_link_is_one_line(base, target, message):
     folder, sd = base
     save_file({"first_stage_model.x": torch.zeros(1)}, str(folder / "notclip.safetensors"))
-    save_file({KEY: sd[KEY]}, str(folder / "selflink.safetensors"), metadata={"msbd_text_from": target})
+    (folder / "sub").mkdir(exist_ok=True)
+    _clip_file(folder / "sub", sd)
+    _clip_file(folder, sd)
+    wrong_hash = {"msbd_text_from_sha256": "0" * 64} if target == "clip.safetensors" else {}  # a hash no file has
+    save_file({KEY: sd[KEY]}, str(folder / "selflink.safetensors"), metadata={"msbd_text_from": target, **wrong_hash})
     with pytest.raises(CheckpointError, match=message) as info:
         load_models(folder / "selflink.safetensors", TINY_TEST)
     assert "\n" not in str(info.value)
@@ -97,3 +102,19 @@ def test_clip_text_from_open_clip_inverts_the_sd2_mapping(base):
         clip_text_from_open_clip({**open_clip, "transformer.resblocks.0.mystery.weight": torch.zeros(1)})
     with pytest.raises(ValueError, match="not 3 x width"):
         clip_text_from_open_clip({**open_clip, "transformer.resblocks.0.attn.in_proj_bias": torch.zeros(4)})
+
+
+def test_the_linked_clip_file_is_hashed_and_reported(base):
+    """The link carries the CLIP file's hash: the file it was exported beside loads, and linked_files names every
+    file an overlay and its base read, for the outputs' provenance."""
+    from ldm.checkpoint.formats import linked_files, sha256_file
+    folder, sd = base
+    _clip_file(folder, sd, "clip2.safetensors")
+    own = {k: v for k, v in sd.items() if not k.startswith(PREFIXES["text"])}
+    save_file(own, str(folder / "hashed.safetensors"),
+              metadata={"msbd_text_from": "clip2.safetensors", "msbd_text_from_sha256": sha256_file(folder / "clip2.safetensors")})
+    load_models(folder / "hashed.safetensors", TINY_TEST)
+    save_file({KEY: sd[KEY]}, str(folder / "over_hashed.safetensors"), metadata={"msbd_overlay_base": "hashed.safetensors"})
+    assert linked_files(folder / "over_hashed.safetensors") == {
+        "overlay_base": folder / "hashed.safetensors", "overlay_base.text_from": folder / "clip2.safetensors"}
+    assert linked_files(folder / "base.safetensors") == {}

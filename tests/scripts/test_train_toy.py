@@ -138,6 +138,9 @@ def test_ldm_stage_trains_on_the_frozen_clip_text_tower_or_a_joint_encoder(train
         stored, metadata = set(f.keys()), f.metadata() or {}
     assert any(k.startswith(prefix) for k in stored) is not freeze
     assert metadata.get("msbd_text_from") == ("toy-clip.safetensors" if freeze else None)
+    if freeze:                                              # the hash of the CLIP file copied beside it
+        from ldm.checkpoint.formats import sha256_file
+        assert metadata["msbd_text_from_sha256"] == sha256_file(tmp_path / "export" / "toy-clip.safetensors")
     assert (tmp_path / "export" / "toy-clip.safetensors").is_file() is freeze
     loaded, _ = read_state_dict(exported)
     for k in (k for k in state if k.startswith(prefix)):
