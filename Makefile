@@ -86,8 +86,10 @@ TOY_V2 := run_dir=$(TOY_V2_DIR) export_dir=$(TOY_V2_DIR)/export 'stages=[vae,ldm
 	vae.max_minutes=40 ldm.max_minutes=240 ldm.max_steps=7000 ldm.decay_start=500
 toy-v2: $(STAMP)
 	mkdir -p $(TOY_V2_DIR)
+	@if [ -f $(TOY_V2_DIR)/train.pid ] && kill -0 $$(cat $(TOY_V2_DIR)/train.pid) 2>/dev/null; then \
+		echo "error: a toy-v2 training is already running (pid $$(cat $(TOY_V2_DIR)/train.pid))"; exit 2; fi
 	$(PY) scripts/train_toy.py $(TOY_V2) dry_run=true      # a bad option stops here, in the foreground
-	nohup $(PY) scripts/train_toy.py $(TOY_V2) >> $(TOY_V2_DIR)/nohup.log 2>&1 &
+	nohup $(PY) scripts/train_toy.py $(TOY_V2) >> $(TOY_V2_DIR)/nohup.log 2>&1 & echo $$! > $(TOY_V2_DIR)/train.pid
 	@echo "training in the background: tail -f $(TOY_V2_DIR)/nohup.log"
 
 clean-venv:

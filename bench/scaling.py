@@ -94,7 +94,7 @@ def build_config(settings: dict[str, Any], fusion: str):
 def toy_weights_missing() -> list[str]:
     """The toy-world files a trained bundle needs that are not there (empty: trained weights are usable)."""
     from msbd.toy import presets
-    files = (presets.LDM_WEIGHTS, presets.LDM_CONFIG, presets.SR_WEIGHTS)
+    files = (presets.LDM_WEIGHTS, presets.LDM_CONFIG, presets.SR_WEIGHTS, presets.CLIP_WEIGHTS)   # CLIP: the text encoder
     return [os.path.relpath(f, REPO) for f in files if not os.path.isfile(f)]
 
 
