@@ -252,6 +252,9 @@ def precheck(argv: list[str]) -> None:
         with initialize_config_dir(config_dir=os.path.join(ROOT, "configs"), version_base="1.3"):
             cfg = compose("train_toy", overrides=argv)
         validate(cfg)
+        if cfg.dry_run:                             # before Hydra makes its run folder: nothing is written
+            print(f"options valid; run_dir {cfg.run_dir}, export_dir {cfg.export_dir}, stages {list(cfg.stages)}")
+            sys.exit(0)
     except ValueError as err:
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
         sys.exit(2)
@@ -461,8 +464,7 @@ def _write_card(cfg: DictConfig, card: dict) -> None:
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train_toy")
 def main(cfg: DictConfig) -> None:
-    if cfg.dry_run:                                     # precheck has validated it
-        print(f"options valid; run_dir {cfg.run_dir}, export_dir {cfg.export_dir}, stages {list(cfg.stages)}")
+    if cfg.dry_run:                                     # reached only past precheck (Hydra's own flags)
         return
     torch.set_num_threads(cfg.threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -281,6 +281,6 @@ def test_dry_run_validates_and_trains_nothing(tmp_path):
            f"export_dir={tmp_path / 'export'}", "dry_run=true"]
     ok = subprocess.run(run + ["arch.latent_channels=8"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert ok.returncode == 0 and "options valid" in ok.stdout, ok.stderr[-2000:]
-    assert not (tmp_path / "export").exists() and not (tmp_path / "run" / "vae").exists()
+    assert not (tmp_path / "export").exists() and not (tmp_path / "run").exists()          # nothing written
     bad = subprocess.run(run + ["arch.unet_channels=48"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and bad.stderr.count("\n") == 1, bad.stderr
