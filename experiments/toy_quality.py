@@ -42,25 +42,42 @@ class Params:
 def run(ctx: RunContext, p: Params) -> dict:
     from msbd.config import replace
     from msbd.toy import quality
+    from tqdm.auto import tqdm
+    if p.update_card and not _shipped(ctx.model.ckpt):
+        raise InputError(f"toy_quality.update_card writes msbd/toy/weights/MODEL_CARD.md, which describes the shipped "
+                         f"weights, not {ctx.model.ckpt}: leave it false for other weights")
     bundle = ctx.bundle()
     guidance = ctx.msbd.first_stage.guidance
     figures: dict = {}
-    figures.update(quality.measure_vae(bundle, p.n_vae))
-    figures.update(quality.measure_latent_blur(bundle, p.n_blur))
-    t2i, t2i_images = quality.measure_t2i(bundle, p.n_t2i, seed=ctx.seed, steps=p.steps, guidance=guidance)
-    figures.update(t2i)
-    if p.zero_mean_init:
-        figures.update(quality.measure_t2i(bundle, p.n_t2i, seed=ctx.seed, steps=p.steps, guidance=guidance,
-                                           zero_mean_init=True)[0])
+    images: dict = {}
     inpaint_cfg = replace(ctx.msbd, first_stage={"steps": p.steps})
-    inp, inp_images = quality.measure_inpainting(bundle, inpaint_cfg, p.n_inpaint)
-    figures.update(inp)
+    t2i = dict(seed=ctx.seed, steps=p.steps, guidance=guidance)
+
+    def keep(name, result):                               # (figures, images) of a measurement
+        figures.update(result[0])
+        images[name] = result[1]
+
+    steps = [(f"VAE ({p.n_vae} renders)", lambda: figures.update(quality.measure_vae(bundle, p.n_vae))),
+             (f"latent blur ({p.n_blur} objects)", lambda: figures.update(quality.measure_latent_blur(bundle, p.n_blur))),
+             (f"text-to-image ({p.n_t2i} prompts)", lambda: keep("t2i", quality.measure_t2i(bundle, p.n_t2i, **t2i)))]
+    if p.zero_mean_init:
+        steps.append((f"text-to-image, zero-mean noise ({p.n_t2i} prompts)", lambda: figures.update(
+            quality.measure_t2i(bundle, p.n_t2i, zero_mean_init=True, **t2i)[0])))
+    steps.append((f"inpainting ({p.n_inpaint} tasks)",
+                  lambda: keep("inpaint", quality.measure_inpainting(bundle, inpaint_cfg, p.n_inpaint))))
     if ctx.model.reranker not in (None, "random"):      # untrained stand-ins have no weights file to measure
-        figures.update(quality.measure_clip(_resolve(ctx.model.reranker), p.n_clip))
+        steps.append((f"CLIP ({p.n_clip} scenes)",
+                      lambda: figures.update(quality.measure_clip(_resolve(ctx.model.reranker), p.n_clip))))
     if ctx.model.upscaler not in (None, "random"):
-        figures.update(quality.measure_sr(_resolve(ctx.model.upscaler), p.n_sr))
-    big, big_images = quality.measure_count_at(bundle, 4, p.n_4x, seed=ctx.seed, steps=p.steps, guidance=guidance)
-    figures.update(big)
+        steps.append((f"SR ({p.n_sr} scenes)",
+                      lambda: figures.update(quality.measure_sr(_resolve(ctx.model.upscaler), p.n_sr))))
+    steps.append((f"count at 4x ({p.n_4x} samples)",
+                  lambda: keep("big", quality.measure_count_at(bundle, 4, p.n_4x, **t2i))))
+    progress = tqdm(steps, desc="toy_quality", unit="measure")
+    for name, measure in progress:
+        progress.set_postfix_str(name)
+        measure()
+    t2i_images, inp_images, big_images = images["t2i"], images["inpaint"], images["big"]
     rows = quality.verdict(figures)
     overall = "PASS" if all(r["result"] == "PASS" for r in rows) else "FAIL"
     extras = ["count_at_4x", "vae_shape_kept", "vae_shape_kept_latent_blur"]
@@ -91,6 +108,13 @@ def run(ctx: RunContext, p: Params) -> dict:
                 cell_labels=labels, row_labels=["text-to-image 128 px", "inpainting", "at 4x (512 px)"],
                 title=f"toy_quality: {overall}")
     return {"overall": overall, **{k: v for k, v in figures.items() if k in quality.BARS}}
+
+
+def _shipped(ckpt) -> bool:
+    from pathlib import Path
+
+    from msbd.toy import presets
+    return ckpt is not None and Path(_resolve(ckpt)).resolve() == Path(presets.LDM_WEIGHTS).resolve()
 
 
 def _fmt(x) -> str:

@@ -6,6 +6,8 @@ start), with `model=random` so no trained weights are needed; each must write it
 import csv
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -85,6 +87,18 @@ def test_toy_quality_prints_bars_and_verdict(tmp_path, capsys):
     # random weights cannot pass the bars; no reranker / SR weights: those bars are missing and FAIL
     assert done["summary"]["overall"] == "FAIL"
     assert next(b for b in bars if b["bar"] == "clip_top1")["result"] == "FAIL"
+
+
+def test_toy_quality_update_card_only_for_the_shipped_weights(tmp_path):
+    """update_card rewrites msbd/toy/weights/MODEL_CARD.md: measuring other weights with it is one error line."""
+    card = os.path.join(ROOT, "msbd", "toy", "weights", "MODEL_CARD.md")
+    before = open(card).read()
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "run.py"), "+experiment=toy_quality",
+                           "model=random", "toy_quality.update_card=true", f"hydra.run.dir={tmp_path}"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("error:") and "update_card" in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert open(card).read() == before
 
 
 def test_bad_experiment_values_are_one_line_errors():
