@@ -23,6 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from ldm.checkpoint import load_models  # noqa: E402
+from ldm.checkpoint.formats import OVERLAY_KEY  # noqa: E402
 from ldm.config import LDMConfig, with_inpainting  # noqa: E402
 from ldm.models.tokenizer import CLIPTokenizer  # noqa: E402
 from ldm.models.unet import UNetModel  # noqa: E402
@@ -35,7 +36,6 @@ from msbd.toy.train_inpaint import (  # noqa: E402
 )
 
 SEED_OFFSET = 700_000          # training scenes from here on (the toy UNet used 0..16000 and 500000..508000)
-OVERLAY_KEY = "msbd_overlay_base"
 
 
 def prepare(models, config: LDMConfig, n: int, path: str) -> dict:
