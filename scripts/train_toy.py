@@ -299,7 +299,7 @@ def _last_metric(stage_dir: str, name: str) -> float | None:
 def train_vae(cfg: DictConfig, cache, card: dict) -> str:
     stage_dir = os.path.join(cfg.run_dir, "vae")
     out = os.path.join(stage_dir, "vae.safetensors")
-    if os.path.exists(out) and "vae" not in cfg.force:
+    if os.path.exists(out):                              # force=[vae] has moved it aside (start_fresh)
         return out
     tc = vae_config(cfg)
     module = VAELitModule(arch_configs(cfg)[0], tc)
@@ -381,7 +381,7 @@ def single_cache(cfg: DictConfig):
 def train_ldm(cfg: DictConfig, caches: list, latents: torch.Tensor, scale: float, card: dict) -> str:
     stage_dir = os.path.join(cfg.run_dir, "ldm")
     out = os.path.join(stage_dir, "ldm.safetensors")
-    if os.path.exists(out) and "ldm" not in cfg.force:
+    if os.path.exists(out):                              # force=[ldm] has moved it aside (start_fresh)
         return out
     tokenizer = CLIPTokenizer()
     token_ids = tokenizer([text for cache in caches for text in cache.captions])
