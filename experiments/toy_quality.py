@@ -10,6 +10,7 @@ share of single objects whose shape survives a 3 x 3 blur of their latent (`qual
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,35 +50,40 @@ def run(ctx: RunContext, p: Params) -> dict:
     bundle = ctx.bundle()
     guidance = ctx.msbd.first_stage.guidance
     figures: dict = {}
-    images: dict = {}
     inpaint_cfg = replace(ctx.msbd, first_stage={"steps": p.steps})
-    t2i = dict(seed=ctx.seed, steps=p.steps, guidance=guidance)
+    t2i_args = dict(seed=ctx.seed, steps=p.steps, guidance=guidance)
+    has_clip, has_sr = (getattr(ctx.model, k) not in (None, "random") for k in ("reranker", "upscaler"))
+    progress = tqdm(total=5 + p.zero_mean_init + has_clip + has_sr, desc="toy_quality", unit="measure")
 
-    def keep(name, result):                               # (figures, images) of a measurement
-        figures.update(result[0])
-        images[name] = result[1]
-
-    steps = [(f"VAE ({p.n_vae} renders)", lambda: figures.update(quality.measure_vae(bundle, p.n_vae))),
-             (f"latent blur ({p.n_blur} objects)", lambda: figures.update(quality.measure_latent_blur(bundle, p.n_blur))),
-             (f"text-to-image ({p.n_t2i} prompts)", lambda: keep("t2i", quality.measure_t2i(bundle, p.n_t2i, **t2i)))]
-    if p.zero_mean_init:
-        steps.append((f"text-to-image, zero-mean noise ({p.n_t2i} prompts)", lambda: figures.update(
-            quality.measure_t2i(bundle, p.n_t2i, zero_mean_init=True, **t2i)[0])))
-    steps.append((f"inpainting ({p.n_inpaint} tasks)",
-                  lambda: keep("inpaint", quality.measure_inpainting(bundle, inpaint_cfg, p.n_inpaint))))
-    if ctx.model.reranker not in (None, "random"):      # untrained stand-ins have no weights file to measure
-        steps.append((f"CLIP ({p.n_clip} scenes)",
-                      lambda: figures.update(quality.measure_clip(_resolve(ctx.model.reranker), p.n_clip))))
-    if ctx.model.upscaler not in (None, "random"):
-        steps.append((f"SR ({p.n_sr} scenes)",
-                      lambda: figures.update(quality.measure_sr(_resolve(ctx.model.upscaler), p.n_sr))))
-    steps.append((f"count at 4x ({p.n_4x} samples)",
-                  lambda: keep("big", quality.measure_count_at(bundle, 4, p.n_4x, **t2i))))
-    progress = tqdm(steps, desc="toy_quality", unit="measure")
-    for name, measure in progress:
+    @contextmanager
+    def measuring(name: str):
         progress.set_postfix_str(name)
-        measure()
-    t2i_images, inp_images, big_images = images["t2i"], images["inpaint"], images["big"]
+        yield
+        progress.update()
+
+    with measuring(f"VAE ({p.n_vae} renders)"):
+        figures.update(quality.measure_vae(bundle, p.n_vae))
+    with measuring(f"latent blur ({p.n_blur} objects)"):
+        figures.update(quality.measure_latent_blur(bundle, p.n_blur))
+    with measuring(f"text-to-image ({p.n_t2i} prompts)"):
+        t2i, t2i_images = quality.measure_t2i(bundle, p.n_t2i, **t2i_args)
+        figures.update(t2i)
+    if p.zero_mean_init:
+        with measuring(f"text-to-image, zero-mean noise ({p.n_t2i} prompts)"):
+            figures.update(quality.measure_t2i(bundle, p.n_t2i, zero_mean_init=True, **t2i_args)[0])
+    with measuring(f"inpainting ({p.n_inpaint} tasks)"):
+        inp, inp_images = quality.measure_inpainting(bundle, inpaint_cfg, p.n_inpaint)
+        figures.update(inp)
+    if has_clip:                                          # untrained stand-ins have no weights file to measure
+        with measuring(f"CLIP ({p.n_clip} scenes)"):
+            figures.update(quality.measure_clip(_resolve(ctx.model.reranker), p.n_clip))
+    if has_sr:
+        with measuring(f"SR ({p.n_sr} scenes)"):
+            figures.update(quality.measure_sr(_resolve(ctx.model.upscaler), p.n_sr))
+    with measuring(f"count at 4x ({p.n_4x} samples)"):
+        big, big_images = quality.measure_count_at(bundle, 4, p.n_4x, **t2i_args)
+        figures.update(big)
+    progress.close()
     rows = quality.verdict(figures)
     overall = "PASS" if all(r["result"] == "PASS" for r in rows) else "FAIL"
     extras = ["count_at_4x", "vae_shape_kept", "vae_shape_kept_latent_blur"]
