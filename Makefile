@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo app test test-slow bench quality eval-table evidence evidence-bars evidence-report toy-v2 clean-venv
+.PHONY: setup demo app test test-slow bench quality eval-table evidence evidence-bars evidence-report toy-v2 toy-v2-snapshot clean-venv
 
 setup: $(STAMP)
 
@@ -76,14 +76,14 @@ evidence-report: $(STAMP)
 	if grep -q "<!-- CLAIMS:BEGIN -->" README.md; then $(PY) scripts/readme_section.py CLAIMS $(EVIDENCE_DIR)/claims.md; fi
 
 # Toy world v2 (issue 18): a VAE with 8 latent channels and a 10 M-parameter UNet (width 48, 16 GroupNorm groups) on
-# twice the single-object scenes, about 100 + 240 minutes on 2 cores, in the background. Resumable: run it again after
+# twice the single-object scenes, about 100 + 150 minutes on 2 cores, in the background. Resumable: run it again after
 # a stop and each stage continues from its last.ckpt. It writes into $(TOY_V2_DIR)/export, not over the shipped
 # weights; measure it with `python scripts/run.py +experiment=toy_quality model.ckpt=$(TOY_V2_DIR)/export/toy-ldm.safetensors
 # model.ldm_config=$(TOY_V2_DIR)/export/toy-ldm.json`.
 TOY_V2_DIR ?= train_runs/toy_v2
 TOY_V2 := run_dir=$(TOY_V2_DIR) export_dir=$(TOY_V2_DIR)/export 'stages=[vae,ldm]' arch.latent_channels=8 \
 	arch.unet_channels=48 arch.unet_head_channels=24 arch.unet_norm_groups=16 data.n_single=16000 \
-	vae.max_minutes=100 ldm.max_minutes=240 ldm.max_steps=7000 ldm.decay_start=500
+	vae.max_minutes=100 ldm.max_minutes=150 ldm.max_steps=5000 ldm.decay_start=500
 toy-v2: $(STAMP)
 	mkdir -p $(TOY_V2_DIR)
 	@if [ -f $(TOY_V2_DIR)/train.pid ] && kill -0 $$(cat $(TOY_V2_DIR)/train.pid) 2>/dev/null; then \
@@ -91,6 +91,9 @@ toy-v2: $(STAMP)
 	$(PY) scripts/train_toy.py $(TOY_V2) dry_run=true      # a bad option stops here, in the foreground
 	nohup $(PY) scripts/train_toy.py $(TOY_V2) >> $(TOY_V2_DIR)/nohup.log 2>&1 & echo $$! > $(TOY_V2_DIR)/train.pid
 	@echo "training in the background: tail -f $(TOY_V2_DIR)/nohup.log"
+
+toy-v2-snapshot: $(STAMP)     # the UNet as it stands, beside the running training: $(TOY_V2_DIR)/export/snapshot-step<N>/
+	$(PY) scripts/train_toy.py $(TOY_V2) snapshot=true
 
 clean-venv:
 	rm -rf $(VENV)

@@ -2,6 +2,7 @@
 
     python scripts/train_toy.py                      # all stages, resumable: run again after an interruption
     python scripts/train_toy.py stages=[ldm] ldm.max_minutes=20 force=[ldm]
+    python scripts/train_toy.py run_dir=... snapshot=true   # export the UNet's weights now, mid-run, to look at them
 
 Every stage trains for a wall-clock budget with pytorch-lightning, checkpoints to `run_dir` every few
 hundred steps (`last.ckpt`; an interrupted stage continues from there, with the time already spent counted),
@@ -104,8 +105,9 @@ def check_types(cfg: DictConfig) -> None:
 def validate(cfg: DictConfig) -> None:
     """Raise ValueError (one line) for a configuration that would fail or misbehave only once training runs."""
     check_types(cfg)
-    if not isinstance(cfg.dry_run, bool):
-        raise ValueError(f"dry_run must be true or false, got {cfg.dry_run!r}")
+    for key in ("dry_run", "snapshot"):
+        if not isinstance(cfg[key], bool):
+            raise ValueError(f"{key} must be true or false, got {cfg[key]!r}")
     for key in ("stages", "force"):
         unknown = [s for s in cfg[key] if s not in STAGES]
         if unknown:
@@ -255,12 +257,47 @@ def precheck(argv: list[str]) -> None:
         if cfg.dry_run:                             # before Hydra makes its run folder: nothing is written
             print(f"options valid; run_dir {cfg.run_dir}, export_dir {cfg.export_dir}, stages {list(cfg.stages)}")
             sys.exit(0)
+        if cfg.snapshot:
+            print(f"wrote {write_snapshot(cfg)}")
+            sys.exit(0)
     except ValueError as err:
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
         sys.exit(2)
     except Exception as err:  # noqa: BLE001  (composition: misspelled key, wrong type)
         print(f"error: {composition_message(err)}", file=sys.stderr)
         sys.exit(2)
+
+
+def write_snapshot(cfg: DictConfig) -> str:
+    """Export the ldm stage's EMA weights as they stand in its last.ckpt (a run may be training meanwhile: it is
+    only read) with the run's VAE, as the shipped files (toy-ldm.safetensors, toy-ldm.json, the linked CLIP) in
+    export_dir/snapshot-step<N>/; returns that folder. ValueError (one line) when the run has no such files yet."""
+    ldm_dir = os.path.join(cfg.run_dir, "ldm")
+    need = [os.path.join(cfg.run_dir, "vae", "vae.safetensors"), os.path.join(ldm_dir, "last.ckpt"),
+            os.path.join(ldm_dir, "latents.safetensors")]
+    missing = [p for p in need if not os.path.isfile(p)]
+    if missing:
+        raise ValueError(f"snapshot: {missing[0]} is missing (the run's ldm stage has not checkpointed yet)")
+    try:
+        ckpt = torch.load(need[1], map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001  (the run rewrites last.ckpt every 100 steps)
+        raise ValueError(f"snapshot: cannot read {need[1]} ({type(err).__name__}; the run may be writing it: "
+                         f"try again)") from None
+    step, state = ckpt["global_step"], ckpt["state_dict"]
+    ldm_state = {f"model.diffusion_model.{k.removeprefix('ema_unet.')}": v for k, v in state.items()
+                 if k.startswith("ema_unet.")}
+    ldm_state.update({f"{TEXT_PREFIX}{k.removeprefix('ema_text.')}": v for k, v in state.items()
+                      if k.startswith("ema_text.")})
+    from safetensors import safe_open
+    with safe_open(need[2], "pt") as f:
+        scale = round_scale(f.get_tensor("scale"))
+    folder = os.path.join(cfg.export_dir, f"snapshot-step{step}")
+    os.makedirs(folder, exist_ok=True)
+    ldm_path = os.path.join(folder, "ldm-ema.safetensors")
+    save_file({k: v.contiguous() for k, v in ldm_state.items()}, ldm_path)
+    export(OmegaConf.merge(cfg, {"export_dir": folder}), need[0], ldm_path, scale)
+    os.remove(ldm_path)
+    return folder
 
 
 def _trainer(stage_dir: str, max_minutes: float, max_steps: int = -1) -> pl.Trainer:
@@ -465,6 +502,9 @@ def _write_card(cfg: DictConfig, card: dict) -> None:
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train_toy")
 def main(cfg: DictConfig) -> None:
     if cfg.dry_run:                                     # reached only past precheck (Hydra's own flags)
+        return
+    if cfg.snapshot:
+        print(f"wrote {write_snapshot(cfg)}")
         return
     torch.set_num_threads(cfg.threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -42,11 +42,6 @@ TOY_UNET = UNetConfig(
 )
 
 
-def toy_unet_config(text: CLIPTextConfig = TOY_CLIP_TEXT) -> UNetConfig:
-    """The toy UNet, its cross-attention sized for the text encoder `text`."""
-    return replace(TOY_UNET, context_dim=text.hidden_size)
-
-
 def toy_ldm_config(scale_factor: float, text: CLIPTextConfig = TOY_CLIP_TEXT, vae: AutoencoderConfig = TOY_VAE,
                    unet: UNetConfig = TOY_UNET) -> LDMConfig:
     """The toy world's LDMConfig; `scale_factor` is measured on the training latents (see train_toy.py). `vae` and

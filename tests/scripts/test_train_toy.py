@@ -41,6 +41,7 @@ def train_toy():
     ("arch.unet_mult=abc", "arch.unet_mult"), ("arch.unet_mult=[]", "arch.unet_mult"),
     ("arch.unet_attention=[0]", "arch.unet_attention"), ("arch.latent_channels=0", "arch.latent_channels"),
     ("arch.latent_channels=2.5", "arch.latent_channels must be int"), ("dry_run=maybe", "dry_run"),
+    ("snapshot=maybe", "snapshot"),
     ("arch.latent_channels=8 ldm.init=msbd/toy/weights/toy-ldm.safetensors", "ldm.init"),   # 4-channel UNet
 ])
 def test_bad_options_give_one_error_line(train_toy, capsys, override, words):
@@ -284,3 +285,47 @@ def test_dry_run_validates_and_trains_nothing(tmp_path):
     assert not (tmp_path / "export").exists() and not (tmp_path / "run").exists()          # nothing written
     bad = subprocess.run(run + ["arch.unet_channels=48"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and bad.stderr.count("\n") == 1, bad.stderr
+
+
+def test_snapshot_exports_the_ema_weights_of_last_ckpt_and_trains_nothing(train_toy, tmp_path, capsys):
+    """snapshot=true: the ldm stage's EMA UNet (not the raw one) from last.ckpt, with the run's VAE and scale, as a
+    loadable toy-ldm.safetensors + toy-ldm.json in export_dir/snapshot-step<N>/; a run without them is one line."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from ldm.checkpoint import load_models
+    from ldm.config import LDMConfig
+    from ldm.models.autoencoder import AutoencoderKL
+    from msbd.toy.clip_model import clip_text_state
+    from msbd.toy.train_ldm import LDMLitModule, LDMTrainConfig
+    args = [f"run_dir={tmp_path / 'run'}", f"export_dir={tmp_path / 'export'}", "stages=[ldm]", "snapshot=true"]
+    with pytest.raises(SystemExit) as exit_info:
+        train_toy.precheck(args)                                                # nothing trained yet
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and err.startswith("error: snapshot:") and "\n" not in err, err
+    for stage in ("vae", "ldm"):
+        (tmp_path / "run" / stage).mkdir(parents=True)
+    vae = AutoencoderKL(presets.TOY_VAE)
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(tmp_path / "run" / "vae" / "vae.safetensors"))
+    save_file({"latents": torch.zeros(1), "scale": torch.tensor(0.4321)}, str(tmp_path / "run" / "ldm" / "latents.safetensors"))
+    module = LDMLitModule(presets.TOY_UNET, presets.TOY_CLIP_TEXT, LDMTrainConfig())
+    module.load_text_encoder(clip_text_state(load_file(presets.CLIP_WEIGHTS)))
+    with torch.no_grad():
+        for p in module.ema_unet.parameters():
+            p.add_(0.25)                                                         # the EMA differs from the raw UNet
+    torch.save({"state_dict": module.state_dict(), "global_step": 1234}, tmp_path / "run" / "ldm" / "last.ckpt")
+    with pytest.raises(SystemExit) as exit_info:
+        train_toy.precheck(args)
+    assert exit_info.value.code == 0
+    folder = tmp_path / "export" / "snapshot-step1234"
+    assert str(folder) in capsys.readouterr().out
+    assert sorted(os.listdir(folder)) == ["toy-clip.safetensors", "toy-ldm.json", "toy-ldm.safetensors"]
+    config = LDMConfig.from_dict(json.loads((folder / "toy-ldm.json").read_text()))
+    assert config.scale_factor == 0.4321
+    models = load_models(folder / "toy-ldm.safetensors", config)               # text tower read through the link
+    for name, want in module.ema_unet.state_dict().items():
+        torch.testing.assert_close(models.unet.state_dict()[name], want.half().float())
+    name = next(iter(vae.state_dict()))
+    torch.testing.assert_close(models.vae.state_dict()[name], vae.state_dict()[name].half().float())
+    assert not (tmp_path / "run" / "hydra").exists() and sorted(os.listdir(tmp_path / "export")) == [folder.name]

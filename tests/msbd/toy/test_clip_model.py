@@ -193,4 +193,4 @@ def test_toy_text_encoder_has_the_toy_clip_text_sizes():
         text_cfg["width"], text_cfg["layers"], text_cfg["heads"])
     assert (t.vocab_size, t.max_position_embeddings) == (text_cfg["vocab_size"], text_cfg["context_length"])
     assert t.intermediate_size == 4 * text_cfg["width"] and t.hidden_act == "gelu"   # open_clip's MLP ratio, GELU
-    assert presets.toy_unet_config(t).context_dim == t.hidden_size
+    assert presets.toy_arch({}, t)[1].context_dim == t.hidden_size
