@@ -109,6 +109,8 @@ def edit(image_path: PathLike, mask_path: PathLike, prompt: str, output_path: Pa
     # 1. Validate everything before a model runs
     prompt, image, mask, plan = prepare_edit(image_path, mask_path, prompt, output_path, config, bundle,
                                              memory_limit_bytes)
+    source = load_source(image_path)               # the output's outside pixels, read now with the image: a file
+                                                   # changed during the run does not mix into the output
     # 2. Run with an overall bar over the stages (the sampler adds one per stage when config.progress)
     up = config.upscale
     n_stages = len(stage_sizes(plan.long_edge, _ceil64(config.first_stage.size), up.max_edgelen, up.straight_to_grid))
@@ -133,7 +135,6 @@ def edit(image_path: PathLike, mask_path: PathLike, prompt: str, output_path: Pa
     #    outside the mask the input file's own values (msbd.io.output_like)
     chunks = {"prompt": prompt, "seed": str(config.seed), "msbd_config": json.dumps(config.to_dict()),
               "weights_sha256": json.dumps(weights_hashes(bundle))}
-    source = load_source(image_path)
     pixels = output_like(source, result.image, mask >= 0.5)
     save_png_atomic(pixels, output_path, chunks, protected=(image_path, mask_path), icc_profile=source.icc_profile,
                     exif=source.exif)

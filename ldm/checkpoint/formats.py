@@ -15,6 +15,7 @@ A CompVis `{"state_dict": {...}, ...}` checkpoint yields its state_dict; everyth
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -99,6 +100,14 @@ TEXT_SHA_KEY = "msbd_text_from_sha256"         # of the linked CLIP file as expo
 
 
 def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, remembered per (real path, size, mtime) for the process: the link check at load
+    and the outputs' provenance hash a linked file once, and repeated edits (the app) do not rehash a checkpoint."""
+    st = os.stat(path)
+    return _sha256(os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(path: str, *stat: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):

@@ -94,3 +94,21 @@ def test_on_tick_runs_between_decoder_optimisation_steps_and_can_stop_it(bundle)
     assert len(ticks) == 2
     assert all(torch.equal(before[k], v) for k, v in bundle.vae.state_dict().items())
     assert not any(p.requires_grad for p in bundle.vae.parameters())
+
+
+def test_an_input_rewritten_during_the_edit_does_not_mix_into_the_output(bundle, tmp_path):
+    """The output's outside pixels are the input as it was read before the models ran, not a file changed since."""
+    from PIL import Image
+    image, mask = scene()
+    Image.fromarray(image).save(tmp_path / "in.png")
+    Image.fromarray((mask * 255).astype(np.uint8)).save(tmp_path / "mask.png")
+
+    def rewrite(name: str) -> None:
+        if name == "first":
+            Image.fromarray(255 - image).save(tmp_path / "in.png")
+
+    edit(tmp_path / "in.png", tmp_path / "mask.png", "a red cube", tmp_path / "out.png", tiny_config(), bundle,
+         progress=False, on_stage=rewrite)
+    out = np.asarray(Image.open(tmp_path / "out.png"))
+    outside = mask < 0.5
+    assert np.array_equal(out[outside], image[outside])

@@ -1,4 +1,6 @@
 """A safetensors overlay (metadata `msbd_overlay_base`) loads as its base with the overlay's tensors on top."""
+import os
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -118,3 +120,22 @@ def test_the_linked_clip_file_is_hashed_and_reported(base):
     assert linked_files(folder / "over_hashed.safetensors") == {
         "overlay_base": folder / "hashed.safetensors", "overlay_base.text_from": folder / "clip2.safetensors"}
     assert linked_files(folder / "base.safetensors") == {}
+
+
+def test_sha256_file_is_remembered_until_the_file_changes(tmp_path):
+    """sha256_file hashes a file once per process (load check and provenance), and again once its bytes change,
+    even in place with the same size."""
+    import hashlib
+
+    from ldm.checkpoint.formats import _sha256, sha256_file
+    path = tmp_path / "w.bin"
+    path.write_bytes(b"a" * 4096)
+    first = sha256_file(path)
+    misses = _sha256.cache_info().misses
+    assert sha256_file(path) == first == hashlib.sha256(b"a" * 4096).hexdigest()
+    assert _sha256.cache_info().misses == misses                                 # read from memory
+    with open(path, "r+b") as f:
+        f.write(b"b")                                                            # same size, same inode
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert sha256_file(path) == hashlib.sha256(b"b" + b"a" * 4095).hexdigest()
