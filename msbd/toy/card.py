@@ -57,6 +57,24 @@ def _progress(ckpt: Path) -> tuple[int | None, float | None]:
     return int(state.get("global_step", 0)), minutes
 
 
+def _architecture(config_file: Path) -> list[str]:
+    """The card's sizes section, read from the exported LDMConfig (toy-ldm.json); [] without a complete one."""
+    c = _read(config_file)
+    if not {"unet", "vae", "text", "image_size"} <= c.keys():
+        return []
+    unet, vae, text = c["unet"], c["vae"], c["text"]
+    widths = " / ".join(str(unet["model_channels"] * m) for m in unet["channel_mult"])
+    factor = 2 ** (len(vae["ch_mult"]) - 1)
+    heads = (f"heads of {unet['num_head_channels']} channels" if unet.get("num_head_channels", -1) > 0
+             else f"{unet['num_heads']} heads")
+    return ["## Sizes", "",
+            f"* VAE: factor {factor}, {vae['embed_dim']} latent channels, {c['image_size']} px native "
+            f"({c['image_size'] // factor} x {c['image_size'] // factor} latents).",
+            f"* UNet: widths {widths}, {unet['num_res_blocks']} ResBlocks per level, cross-attention at downsampling "
+            f"factors {unet['attention_resolutions']} ({heads}), GroupNorm with {unet['norm_num_groups']} groups.",
+            f"* Text encoder: {text['num_hidden_layers']} layers of width {text['hidden_size']}.", ""]
+
+
 def _read(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
@@ -111,6 +129,7 @@ def write_model_card(run_dir: str | os.PathLike, export_dir: str | os.PathLike, 
             lines.append(f"| `{f.name}` | {what} | {_count(f):,} | {f.stat().st_size / 2**20:.1f} MiB |")
     lines += ["", f"`toy-ldm.json` holds the LDMConfig; latent scale factor {card.get('latent_scale', 'n/a')} "
               "(1 / std of the training latents, the way SD's 0.18215 was obtained).", "",
+              *_architecture(out / "toy-ldm.json"),
               "## Data", "",
               *(["* Text encoder: the text tower of the CLIP below (`clip_model.clip_text_state`), frozen while the "
                  "UNet trains, as SD v1 uses CLIP ViT-L/14's (`ldm.freeze_text`)."]
@@ -133,6 +152,8 @@ def write_model_card(run_dir: str | os.PathLike, export_dir: str | os.PathLike, 
                  if sr_m.get("config", {}).get("edge_prob") else "") + ", pixel L1.",
               "* Every evaluation uses held-out seeds (10^6 and up), never seen in training.", "",
               "## Command and time", "", f"    {command}", "",
+              f"Trained on a CPU with {cfg.get('threads', 'n/a')} threads (`threads`); the minutes below are wall "
+              "clock there, summed over resumes.", "",
               "| stage | steps | training minutes (total) | last metric |", "|---|---|---|---|"]
     for stage, metrics, key, label in (("vae", card.get("vae", {}), "train_psnr_last", "train_psnr_last"),
                                        ("ldm", card.get("ldm", {}), "train_loss_last", "train_loss_last"),
@@ -166,7 +187,8 @@ def write_model_card(run_dir: str | os.PathLike, export_dir: str | os.PathLike, 
     if card.get("ldm", {}).get("offset_noise"):
         lines += ["", f"The UNet was trained with offset noise of std {card['ldm']['offset_noise']} "
                   "(`ldm.offset_noise`: a per-sample, per-channel constant added to eps)."]
-    lines += ["", "Training resumes from `train_runs/toy/<stage>/last.ckpt` when run again; budgets are totals.", "",
+    lines += ["", f"Training resumes from `{cfg.get('run_dir', 'train_runs/toy')}/<stage>/last.ckpt` when the command "
+              "runs again; budgets are totals.", "",
               "## Quality bars", "", QUALITY_BEGIN,
               "Not measured yet: `python scripts/run.py +experiment=toy_quality toy_quality.update_card=true`.",
               QUALITY_END, ""]

@@ -137,3 +137,26 @@ def test_linked_text_encoder_counted_from_the_clip_file(tmp_path):
             f"`toy-clip.safetensors` (metadata `msbd_text_from`) | {n_text:,} | |") in text
     n_own = sum(v.numel() for k, v in loaded.items() if not k.startswith("cond_stage_model.transformer."))
     assert f"| `toy-ldm.safetensors` | VAE and UNet | {n_own:,} |" in text
+
+
+def test_card_gives_the_sizes_from_the_exported_config_and_where_it_trained(tmp_path):
+    """The sizes section is read from toy-ldm.json (an 8-channel, 48-wide run says so), with the threads and the
+    run directory the run used."""
+    import dataclasses
+
+    from ldm.config import LDMConfig
+    from msbd.toy import presets
+    run, out = _run_dir(tmp_path)
+    vae, unet = presets.toy_arch({"latent_channels": 8, "unet_channels": 48, "unet_head_channels": 24,
+                                  "unet_norm_groups": 16})
+    config = dataclasses.replace(presets.toy_ldm_config(0.45, vae=vae, unet=unet))
+    (out / "toy-ldm.json").write_text(json.dumps(LDMConfig.to_dict(config)))
+    card = json.loads((run / "card.json").read_text())
+    card["config"] |= {"threads": 2, "run_dir": "train_runs/toy_v2"}
+    (run / "card.json").write_text(json.dumps(card))
+    text = write_model_card(run, out, "cmd").read_text()
+    assert "* VAE: factor 8, 8 latent channels, 128 px native (16 x 16 latents)." in text
+    assert "* UNet: widths 48 / 96 / 192, 2 ResBlocks per level" in text and "heads of 24 channels" in text
+    assert "GroupNorm with 16 groups" in text and "Trained on a CPU with 2 threads" in text
+    assert "`train_runs/toy_v2/<stage>/last.ckpt`" in text
+    assert "## Sizes" not in write_model_card(*_run_dir(tmp_path / "b"), "cmd").read_text()   # no config exported
