@@ -1,6 +1,6 @@
 """The toy inpainting UNet against the blended toy UNet, on the same tasks and seeds (issue 19, part 4).
 
-    python scripts/measure_toy_inpaint.py [--overlay msbd/toy/weights/toy-inpaint-unet.safetensors] [--bar 40]
+    python scripts/measure_toy_inpaint.py [--base-dir msbd/toy/weights] [--overlay BASE_DIR/toy-inpaint-unet.safetensors] [--bar 40]
         [--edits 6 --size 512] [--out outputs/toy_inpaint]
 
 1. The quality bar's inpainting task set (`msbd.toy.quality.measure_inpainting`: first stage at 128 px, RePaint as
@@ -33,8 +33,8 @@ from msbd.toy import presets, quality  # noqa: E402
 KEYS = ("count", "colour_ok", "shape_ok", "seam", "seam_ref", "halo_colour", "halo_texture", "edge_ratio")
 
 
-def _spec(ckpt: str) -> ModelSpec:
-    return ModelSpec(name="toy", ldm_config="toy", ckpt=ckpt, upscaler=presets.SR_WEIGHTS,
+def _spec(ckpt: str, ldm_config: str) -> ModelSpec:
+    return ModelSpec(name="toy", ldm_config=ldm_config, ckpt=ckpt, upscaler=presets.SR_WEIGHTS,
                      reranker=presets.CLIP_WEIGHTS, reranker_arch="msbd-toy-clip")
 
 
@@ -45,7 +45,9 @@ def _mean(rows: list[dict], key: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--overlay", default=os.path.join(presets.WEIGHTS_DIR, "toy-inpaint-unet.safetensors"))
+    parser.add_argument("--base-dir", default=presets.WEIGHTS_DIR,
+                        help="folder of the toy LDM (toy-ldm.safetensors, toy-ldm.json) and its overlay")
+    parser.add_argument("--overlay", help="default: BASE_DIR/toy-inpaint-unet.safetensors")
     parser.add_argument("--bar", type=int, default=40, help="tasks of the inpainting bar (0: skip)")
     parser.add_argument("--edits", type=int, default=6, help="multi-stage edits (0: skip)")
     parser.add_argument("--size", type=int, default=512)
@@ -58,13 +60,16 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)
     config = MSBDConfig.for_native_size(presets.TOY_IMAGE_SIZE, progress=False)
     config.first_stage.steps = args.steps
-    variants = {"blended toy UNet": presets.LDM_WEIGHTS, "inpainting toy UNet": args.overlay}
+    args.overlay = args.overlay or os.path.join(args.base_dir, "toy-inpaint-unet.safetensors")
+    ldm_config = os.path.join(args.base_dir, os.path.basename(presets.LDM_CONFIG))
+    variants = {"blended toy UNet": os.path.join(args.base_dir, os.path.basename(presets.LDM_WEIGHTS)),
+                "inpainting toy UNet": args.overlay}
     if args.only:
         variants = {k: v for k, v in variants.items() if k.startswith(args.only)}
     out_json = os.path.join(args.out, f"results_{args.only}.json" if args.only else "results.json")
     result: dict = {"args": vars(args), "bar": {}, "edits": {}, "edit_rows": []}
     for name, ckpt in variants.items():
-        bundle = load_bundle(_spec(ckpt), config)
+        bundle = load_bundle(_spec(ckpt, ldm_config), config)
         assert bundle.inpainting == (ckpt == args.overlay), name
         if args.bar:
             t0 = time.time()

@@ -2,6 +2,8 @@
 
     python scripts/train_toy_inpaint.py                 # prepare data, train for --minutes, export
     python scripts/train_toy_inpaint.py --minutes 25    # run again after an interruption: continues from last.pt
+    python scripts/train_toy_inpaint.py --base-dir train_runs/toy_v2/export --run-dir train_runs/toy_v2_inpaint
+                                                        # on another toy LDM (its folder gets the overlay)
 
 Data (renders, masks, latents, text contexts) is prepared once into RUN_DIR/data.pt; the optimisation checkpoints
 RUN_DIR/last.pt every 50 steps with the minutes already spent, so a resumed run stops at the same total budget.
@@ -23,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from ldm.checkpoint import load_models  # noqa: E402
-from ldm.checkpoint.formats import OVERLAY_KEY  # noqa: E402
+from ldm.checkpoint.formats import OVERLAY_KEY, sha256_file  # noqa: E402
 from ldm.config import LDMConfig, with_inpainting  # noqa: E402
 from ldm.models.tokenizer import CLIPTokenizer  # noqa: E402
 from ldm.models.unet import UNetModel  # noqa: E402
@@ -127,19 +129,37 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=25.0, help="optimisation budget (summed over resumes)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--run-dir", default=os.path.join(ROOT, "train_runs", "toy_inpaint"))
-    parser.add_argument("--export", default=os.path.join(presets.WEIGHTS_DIR, "toy-inpaint-unet.safetensors"))
+    parser.add_argument("--base-dir", default=presets.WEIGHTS_DIR,
+                        help="folder of the toy LDM to fine-tune (toy-ldm.safetensors, toy-ldm.json)")
+    parser.add_argument("--export", help="overlay file (default: BASE_DIR/toy-inpaint-unet.safetensors; it must sit "
+                                         "beside the base it names)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    base = os.path.join(args.base_dir, os.path.basename(presets.LDM_WEIGHTS))
+    base_config = os.path.join(args.base_dir, os.path.basename(presets.LDM_CONFIG))
+    export_path = args.export or os.path.join(args.base_dir, "toy-inpaint-unet.safetensors")
+    for path in (base, base_config):
+        if not os.path.isfile(path):
+            sys.exit(f"error: --base-dir {args.base_dir} has no {os.path.basename(path)}")
+    if os.path.abspath(os.path.dirname(export_path)) != os.path.abspath(args.base_dir):
+        sys.exit(f"error: --export {export_path} must be in --base-dir {args.base_dir}: the overlay names its base "
+                 f"by file name")
+    record, mine = os.path.join(args.run_dir, "base.json"), {"base_sha256": sha256_file(base)}
+    if os.path.isfile(record) and json.load(open(record)) != mine:
+        sys.exit(f"error: --run-dir {args.run_dir} holds data and a checkpoint of another base than {base}: "
+                 f"use another --run-dir")
     torch.set_num_threads(args.threads)
     os.makedirs(args.run_dir, exist_ok=True)
-    with open(presets.LDM_CONFIG) as f:
+    with open(record, "w") as f:
+        json.dump(mine, f)
+    with open(base_config) as f:
         config = LDMConfig.from_dict(json.load(f))
-    models = load_models(presets.LDM_WEIGHTS, config)
+    models = load_models(base, config)
     data = prepare(models, config, args.n, os.path.join(args.run_dir, "data.pt"))
     print(f"data: {len(data['z0'])} scenes, kinds {dict(zip(*np.unique(data['kinds'], return_counts=True)))}, "
           f"prepared in {data['prepare_seconds']:.0f} s", flush=True)
     _, result = train(args, config, models, data)
-    export(result.pop("ema"), args.export, os.path.basename(presets.LDM_WEIGHTS))
+    export(result.pop("ema"), export_path, os.path.basename(base))
     with open(os.path.join(args.run_dir, "result.json"), "w") as f:
         json.dump({**result, "n": args.n, "batch_size": args.batch_size, "threads": args.threads,
                    "prepare_seconds": data["prepare_seconds"]}, f, indent=1, default=str)

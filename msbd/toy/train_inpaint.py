@@ -89,11 +89,12 @@ def make_sample(seed: int, size: int) -> tuple[np.ndarray, np.ndarray, str, str]
     return image, random_mask(rng, size, image), scenes.caption(task.target), kind
 
 
-def inpaint_unet_from(plain_state: dict[str, torch.Tensor], latent_channels: int = 4) -> dict[str, torch.Tensor]:
-    """The plain UNet's state dict with conv_in widened to 2C + 1 inputs, the new ones zero (the released recipe)."""
+def inpaint_unet_from(plain_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The plain UNet's state dict with conv_in widened from its C latent channels to 2C + 1 inputs (mask, masked
+    latent), the new ones zero (the released recipe)."""
     state = dict(plain_state)
     w = state["input_blocks.0.0.weight"]                                        # [O, C, 3, 3]
-    extra = torch.zeros(w.shape[0], latent_channels + 1, *w.shape[2:], dtype=w.dtype)
+    extra = torch.zeros(w.shape[0], w.shape[1] + 1, *w.shape[2:], dtype=w.dtype)
     state["input_blocks.0.0.weight"] = torch.cat([w, extra], dim=1)             # [O, 2C + 1, 3, 3]
     return state
 

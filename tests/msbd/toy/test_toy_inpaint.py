@@ -28,6 +28,8 @@ def test_conv_in_widened_with_zero_channels():
     assert state["input_blocks.0.0.weight"].shape == (32, 9, 3, 3)
     assert torch.equal(state["input_blocks.0.0.weight"][:, :4], w) and state["input_blocks.0.0.weight"][:, 4:].abs().max() == 0
     assert is_trained("input_blocks.0.0.weight") and not is_trained("middle_block.0.in_layers.2.weight")
+    wide = inpaint_unet_from({"input_blocks.0.0.weight": torch.randn(48, 8, 3, 3)})       # toy world v2: 8 channels
+    assert wide["input_blocks.0.0.weight"].shape == (48, 17, 3, 3)
 
 
 def test_training_samples_and_masks():
@@ -74,3 +76,30 @@ def test_shipped_overlay_edits_inside_the_mask_only():
     cfg.decoder_opt.enabled, cfg.margin = False, 1.0
     out = run_msbd(image, mask.astype(np.float32), task.prompt, cfg, bundle).image
     assert np.array_equal(out[~mask], image[~mask]) and not np.array_equal(out[mask], image[mask])
+
+
+def test_train_script_checks_its_base_export_and_run_dir_before_training(tmp_path):
+    """scripts/train_toy_inpaint.py: a base folder without the toy LDM, an overlay away from its base, or a run-dir
+    prepared for another base is one `error:` line and a non-zero exit, before any data is rendered."""
+    import shutil
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    script = [sys.executable, os.path.join(root, "scripts", "train_toy_inpaint.py"), "--run-dir", str(tmp_path / "run")]
+
+    def refused(*args: str, words: str) -> None:
+        out = subprocess.run(script + list(args), capture_output=True, text=True, timeout=120)
+        assert out.returncode != 0 and out.stderr.startswith("error:") and out.stderr.count("\n") == 1, out.stderr
+        assert words in out.stderr, out.stderr
+
+    refused("--base-dir", str(tmp_path), words="has no toy-ldm.safetensors")
+    base = tmp_path / "base"
+    base.mkdir()
+    for f in (presets.LDM_WEIGHTS, presets.LDM_CONFIG, presets.CLIP_WEIGHTS):
+        shutil.copy(f, base)
+    refused("--base-dir", str(base), "--export", str(tmp_path / "overlay.safetensors"), words="must be in --base-dir")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "base.json").write_text('{"base_sha256": "0"}')
+    refused("--base-dir", str(base), words="of another base")
+    assert sorted(os.listdir(tmp_path / "run")) == ["base.json"] and sorted(os.listdir(base)) == [
+        "toy-clip.safetensors", "toy-ldm.json", "toy-ldm.safetensors"]
