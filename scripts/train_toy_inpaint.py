@@ -74,7 +74,7 @@ def train(args, config: LDMConfig, models, data: dict) -> tuple[UNetModel, dict]
     tc = InpaintTrainConfig(max_minutes=args.minutes, batch_size=args.batch_size)
     unet = UNetModel(with_inpainting(config, True).unet)
     unet.load_state_dict(inpaint_unet_from(models.unet.state_dict()), strict=True)
-    params = {k: p for k, p in unet.named_parameters() if is_trained(k)}
+    params = {k: p for k, p in unet.named_parameters() if args.trained == "all" or is_trained(k)}
     for k, p in unet.named_parameters():
         p.requires_grad_(k in params)
     ema = {k: p.detach().clone() for k, p in params.items()}
@@ -134,6 +134,9 @@ def main() -> None:
     parser.add_argument("--export", help="overlay file (default: BASE_DIR/toy-inpaint-unet.safetensors; it must sit "
                                          "beside the base it names)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--trained", choices=["partial", "all"], default="partial",
+                        help="partial: TRAINED_PREFIXES only, a small overlay (the shipped one, for the 30 MB budget "
+                             "it was made under); all: the whole UNet, as the released inpainting models were made")
     args = parser.parse_args()
     base = os.path.join(args.base_dir, os.path.basename(presets.LDM_WEIGHTS))
     base_config = os.path.join(args.base_dir, os.path.basename(presets.LDM_CONFIG))
@@ -144,10 +147,10 @@ def main() -> None:
     if os.path.abspath(os.path.dirname(export_path)) != os.path.abspath(args.base_dir):
         sys.exit(f"error: --export {export_path} must be in --base-dir {args.base_dir}: the overlay names its base "
                  f"by file name")
-    record, mine = os.path.join(args.run_dir, "base.json"), {"base_sha256": sha256_file(base)}
+    record, mine = os.path.join(args.run_dir, "base.json"), {"base_sha256": sha256_file(base), "trained": args.trained}
     if os.path.isfile(record) and json.load(open(record)) != mine:
-        sys.exit(f"error: --run-dir {args.run_dir} holds data and a checkpoint of another base than {base}: "
-                 f"use another --run-dir")
+        sys.exit(f"error: --run-dir {args.run_dir} holds data and a checkpoint of another base or --trained "
+                 f"({json.load(open(record))}): use another --run-dir")
     torch.set_num_threads(args.threads)
     os.makedirs(args.run_dir, exist_ok=True)
     with open(record, "w") as f:
