@@ -92,7 +92,7 @@ toy-v2: $(STAMP)
 	nohup $(PY) scripts/train_toy.py $(TOY_V2) >> $(TOY_V2_DIR)/nohup.log 2>&1 & echo $$! > $(TOY_V2_DIR)/train.pid
 	@echo "training in the background: tail -f $(TOY_V2_DIR)/nohup.log"
 
-toy-v2-snapshot: $(STAMP)     # the UNet as it stands, beside the running training: $(TOY_V2_DIR)/export/snapshot-step<N>/
+toy-v2-snapshot: $(STAMP)     # the UNet as it stands, beside the running training: $(TOY_V2_DIR)/snapshots/step<N>/
 	$(PY) scripts/train_toy.py $(TOY_V2) snapshot=true
 
 clean-venv:

@@ -2,7 +2,8 @@
 
     python scripts/train_toy.py                      # all stages, resumable: run again after an interruption
     python scripts/train_toy.py stages=[ldm] ldm.max_minutes=20 force=[ldm]
-    python scripts/train_toy.py run_dir=... snapshot=true   # export the UNet's weights now, mid-run, to look at them
+    python scripts/train_toy.py run_dir=train_runs/toy_v2 snapshot=true   # the UNet as it stands, mid-run:
+                                                                          # run_dir/snapshots/step<N>/
 
 Every stage trains for a wall-clock budget with pytorch-lightning, checkpoints to `run_dir` every few
 hundred steps (`last.ckpt`; an interrupted stage continues from there, with the time already spent counted),
@@ -144,7 +145,8 @@ def validate(cfg: DictConfig) -> None:
                 load_init(stage, cfg[stage].init, ldm_model_config(cfg))
             except ValueError as err:               # ldm.checkpoint's CheckpointError: what does not fit
                 raise ValueError(f"{stage}.init: {err}") from None
-    check_run_dir(cfg)
+    if not cfg.snapshot:                            # a snapshot takes the run's own sizes (write_snapshot)
+        check_run_dir(cfg)
 
 
 STAGE_FILES = ("last.ckpt", "arch.json", "metrics.json", "vae.safetensors", "ldm.safetensors", "clip.safetensors",
@@ -268,35 +270,61 @@ def precheck(argv: list[str]) -> None:
         sys.exit(2)
 
 
+def ema_export_state(module_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The EMA UNet and text encoder of an LDMLitModule state dict (or a Lightning checkpoint's), under their
+    CompVis names, as the ldm stage exports them."""
+    out = {}
+    for prefix, target in (("ema_unet.", "model.diffusion_model."), ("ema_text.", TEXT_PREFIX)):
+        out.update({target + k.removeprefix(prefix): v for k, v in module_state.items() if k.startswith(prefix)})
+    return out
+
+
 def write_snapshot(cfg: DictConfig) -> str:
     """Export the ldm stage's EMA weights as they stand in its last.ckpt (a run may be training meanwhile: it is
-    only read) with the run's VAE, as the shipped files (toy-ldm.safetensors, toy-ldm.json, the linked CLIP) in
-    export_dir/snapshot-step<N>/; returns that folder. ValueError (one line) when the run has no such files yet."""
-    ldm_dir = os.path.join(cfg.run_dir, "ldm")
-    need = [os.path.join(cfg.run_dir, "vae", "vae.safetensors"), os.path.join(ldm_dir, "last.ckpt"),
-            os.path.join(ldm_dir, "latents.safetensors")]
+    only read) with the run's VAE, as the shipped files (toy-ldm.safetensors, toy-ldm.json, the linked CLIP), into
+    run_dir/snapshots/step<N>/ (written aside, then moved into place); returns that folder. The sizes are the run's
+    own (run_dir/<stage>/arch.json), not the command line's. ValueError (one line) when the run has no such files."""
+    ldm_dir, vae_dir = os.path.join(cfg.run_dir, "ldm"), os.path.join(cfg.run_dir, "vae")
+    need = [os.path.join(vae_dir, "vae.safetensors"), os.path.join(ldm_dir, "last.ckpt"),
+            os.path.join(ldm_dir, "latents.safetensors"), os.path.join(vae_dir, "arch.json"),
+            os.path.join(ldm_dir, "arch.json")]
     missing = [p for p in need if not os.path.isfile(p)]
     if missing:
         raise ValueError(f"snapshot: {missing[0]} is missing (the run's ldm stage has not checkpointed yet)")
+    records = []
+    for path in need[3:]:
+        try:
+            with open(path) as f:
+                records.append(json.load(f))
+        except (OSError, ValueError) as err:
+            raise ValueError(f"snapshot: cannot read {path} ({type(err).__name__})") from None
+    vae_arch, ldm_arch = records
+    if vae_arch.get("latent_channels") != ldm_arch.get("latent_channels"):
+        raise ValueError(f"snapshot: {need[3]} and {need[4]} disagree on latent_channels: the VAE was retrained "
+                         f"after this UNet checkpoint")
+    run_cfg = OmegaConf.merge(cfg, {"arch": {k: v for k, v in ldm_arch.items() if k in presets.TOY_ARCH}})
+    if ldm_arch.get("context_dim") != text_config(run_cfg).hidden_size:
+        raise ValueError(f"snapshot: the run's UNet attends to text of width {ldm_arch.get('context_dim')}, this "
+                         f"command's text encoder is {text_config(run_cfg).hidden_size} wide: give the run's "
+                         f"ldm.freeze_text")
     try:
         ckpt = torch.load(need[1], map_location="cpu", weights_only=False)
+        step, ldm_state = int(ckpt["global_step"]), ema_export_state(ckpt["state_dict"])
     except Exception as err:  # noqa: BLE001  (the run rewrites last.ckpt every 100 steps)
         raise ValueError(f"snapshot: cannot read {need[1]} ({type(err).__name__}; the run may be writing it: "
                          f"try again)") from None
-    step, state = ckpt["global_step"], ckpt["state_dict"]
-    ldm_state = {f"model.diffusion_model.{k.removeprefix('ema_unet.')}": v for k, v in state.items()
-                 if k.startswith("ema_unet.")}
-    ldm_state.update({f"{TEXT_PREFIX}{k.removeprefix('ema_text.')}": v for k, v in state.items()
-                      if k.startswith("ema_text.")})
     from safetensors import safe_open
     with safe_open(need[2], "pt") as f:
         scale = round_scale(f.get_tensor("scale"))
-    folder = os.path.join(cfg.export_dir, f"snapshot-step{step}")
-    os.makedirs(folder, exist_ok=True)
-    ldm_path = os.path.join(folder, "ldm-ema.safetensors")
-    save_file({k: v.contiguous() for k, v in ldm_state.items()}, ldm_path)
-    export(OmegaConf.merge(cfg, {"export_dir": folder}), need[0], ldm_path, scale)
-    os.remove(ldm_path)
+    folder = os.path.join(cfg.run_dir, "snapshots", f"step{step}")
+    partial = f"{folder}.partial-{os.getpid()}"
+    try:
+        export(run_cfg, need[0], ldm_state, scale, export_dir=partial)
+        if os.path.isdir(folder):
+            shutil.rmtree(folder)
+        os.replace(partial, folder)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return folder
 
 
@@ -440,9 +468,7 @@ def train_ldm(cfg: DictConfig, caches: list, latents: torch.Tensor, scale: float
     dataset = LatentCaptionDataset(latents * scale, token_ids, empty_ids, tc.caption_dropout, weights)
     loader = DataLoader(dataset, batch_size=tc.batch_size, shuffle=True, drop_last=True)
     minutes = _fit(module, loader, stage_dir, cfg.ldm.max_minutes, tc.max_steps)
-    state = {f"model.diffusion_model.{k}": v for k, v in module.ema_unet.state_dict().items()}
-    state.update({f"{TEXT_PREFIX}{k}": v for k, v in module.ema_text.state_dict().items()})
-    save_file({k: v.contiguous() for k, v in state.items()}, out)
+    save_file({k: v.contiguous() for k, v in ema_export_state(module.state_dict()).items()}, out)
     card["ldm"] = {"minutes_last_call": round(minutes, 1), "train_loss_last": _last_metric(stage_dir, "loss"),
                    "init": cfg.ldm.init, "object_weight": tc.object_weight, "offset_noise": tc.offset_noise,
                    "text_encoder": f"text tower of {text_source}, frozen" if text_source else "trained jointly"}
@@ -458,10 +484,11 @@ def export_copy(cfg: DictConfig, trained: str, shipped: str) -> str:
     return target
 
 
-def _text_link(cfg: DictConfig, state: dict[str, torch.Tensor]) -> dict[str, str]:
+def _text_link(cfg: DictConfig, state: dict[str, torch.Tensor], export_dir: str) -> dict[str, str]:
     """Metadata linking the exported file to the toy CLIP in export_dir for its text encoder, when the trained text
     encoder is exactly that CLIP's text tower in fp16 (`ldm.freeze_text`); then the file need not store a second
-    copy. The CLIP is copied into export_dir when it came from elsewhere. Empty (the tensors stay) otherwise."""
+    copy. The CLIP (`clip_path(cfg)`) is copied into export_dir when it came from elsewhere. Empty (the tensors stay)
+    otherwise."""
     if not cfg.ldm.freeze_text:
         return {}
     from msbd.toy.clip_model import clip_text_state
@@ -470,24 +497,28 @@ def _text_link(cfg: DictConfig, state: dict[str, torch.Tensor]) -> dict[str, str
     text = {k.removeprefix(TEXT_PREFIX): v for k, v in state.items() if k.startswith(TEXT_PREFIX)}
     if set(text) != set(tower) or any(not torch.equal(text[k].half(), tower[k].half()) for k in tower):
         return {}
-    target = os.path.join(cfg.export_dir, os.path.basename(presets.CLIP_WEIGHTS))
+    target = os.path.join(export_dir, os.path.basename(presets.CLIP_WEIGHTS))
     if os.path.abspath(source) != os.path.abspath(target):
         shutil.copyfile(source, target)
     return {TEXT_FROM_KEY: os.path.basename(target), TEXT_SHA_KEY: sha256_file(target)}
 
 
-def export(cfg: DictConfig, vae_path: str, ldm_path: str, scale: float) -> None:
-    """Write the shipped files: one CompVis-layout fp16 safetensors for VAE + UNet (+ the text encoder, unless it is
-    the toy CLIP's frozen text tower: then metadata names the CLIP file it is read from), and its config."""
-    os.makedirs(cfg.export_dir, exist_ok=True)
+def export(cfg: DictConfig, vae_path: str, ldm_state: dict[str, torch.Tensor], scale: float,
+           export_dir: str | None = None) -> None:
+    """Write the shipped files into export_dir (cfg.export_dir by default): one CompVis-layout fp16 safetensors for
+    the VAE (read from vae_path) + the ldm stage's UNet and text encoder (`ldm_state`, CompVis names), without the
+    text encoder when it is the toy CLIP's frozen text tower (then metadata names the CLIP file it is read from),
+    and its config."""
+    export_dir = export_dir or cfg.export_dir
+    os.makedirs(export_dir, exist_ok=True)
     state = {f"first_stage_model.{k}": v for k, v in load_file(vae_path).items()}
-    state.update(load_file(ldm_path))
-    metadata = _text_link(cfg, state)
+    state.update(ldm_state)
+    metadata = _text_link(cfg, state, export_dir)
     if metadata:
         state = {k: v for k, v in state.items() if not k.startswith(TEXT_PREFIX)}
     save_file({k: v.half().contiguous() for k, v in state.items()},
-              os.path.join(cfg.export_dir, os.path.basename(presets.LDM_WEIGHTS)), metadata=metadata or None)
-    with open(os.path.join(cfg.export_dir, os.path.basename(presets.LDM_CONFIG)), "w") as f:
+              os.path.join(export_dir, os.path.basename(presets.LDM_WEIGHTS)), metadata=metadata or None)
+    with open(os.path.join(export_dir, os.path.basename(presets.LDM_CONFIG)), "w") as f:
         json.dump(ldm_model_config(cfg, scale).to_dict(), f, indent=2)
 
 
@@ -503,8 +534,13 @@ def _write_card(cfg: DictConfig, card: dict) -> None:
 def main(cfg: DictConfig) -> None:
     if cfg.dry_run:                                     # reached only past precheck (Hydra's own flags)
         return
-    if cfg.snapshot:
-        print(f"wrote {write_snapshot(cfg)}")
+    if cfg.snapshot:                                    # reached only past precheck (Hydra's own flags)
+        try:
+            validate(cfg)
+            print(f"wrote {write_snapshot(cfg)}")
+        except ValueError as err:
+            print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+            sys.exit(2)
         return
     torch.set_num_threads(cfg.threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -532,7 +568,7 @@ def main(cfg: DictConfig) -> None:
                 caches, latents = [cache, singles], torch.cat([latents, extra])
             card["data_single"] = {"n": cfg.data.n_single, "sizes": [float(v) for v in cfg.data.single_sizes]}
             ldm_path = train_ldm(cfg, caches, latents, scale, card)
-            export(cfg, vae_path, ldm_path, scale)
+            export(cfg, vae_path, load_file(ldm_path), scale)
     if "sr" in cfg.stages:
         from msbd.toy.sr_model import train_sr
         card["sr"] = train_sr(os.path.join(cfg.run_dir, "sr"), max_minutes=cfg.sr.max_minutes, seed=cfg.seed,

@@ -4,6 +4,7 @@ import os
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from msbd.toy import presets
 
@@ -133,7 +134,7 @@ def test_ldm_stage_trains_on_the_frozen_clip_text_tower_or_a_joint_encoder(train
     from ldm.models.autoencoder import AutoencoderKL
     vae_path = tmp_path / "vae.safetensors"
     save_file({k: v.contiguous() for k, v in AutoencoderKL(presets.TOY_VAE).state_dict().items()}, str(vae_path))
-    train_toy.export(cfg, str(vae_path), out, 1.0)
+    train_toy.export(cfg, str(vae_path), load_file(out), 1.0)
     exported = tmp_path / "export" / os.path.basename(presets.LDM_WEIGHTS)
     with safe_open(str(exported), "pt") as f:
         stored, metadata = set(f.keys()), f.metadata() or {}
@@ -163,7 +164,7 @@ def test_export_keeps_a_text_encoder_that_is_not_the_clip_tower(train_toy, tmp_p
     save_file({"encoder.conv_in.bias": torch.zeros(3)}, str(vae))
     cfg = OmegaConf.merge(OmegaConf.load(os.path.join(ROOT, "configs", "train_toy.yaml")),
                           {"export_dir": str(tmp_path / "export"), "ldm": {"freeze_text": True}})
-    train_toy.export(cfg, str(vae), str(ldm), 1.0)
+    train_toy.export(cfg, str(vae), load_file(str(ldm)), 1.0)
     with safe_open(str(tmp_path / "export" / "toy-ldm.safetensors"), "pt") as f:
         assert "cond_stage_model.transformer.text_model.final_layer_norm.bias" in f.keys()
         assert "msbd_text_from" not in (f.metadata() or {})
@@ -207,7 +208,7 @@ def test_arch_options_train_and_export_a_loadable_model_of_other_sizes(train_toy
     assert record["latent_channels"] == 8 and record["unet_mult"] == [1, 2] and record["context_dim"] == 48
     vae_path = tmp_path / "vae.safetensors"
     save_file({k: v.contiguous() for k, v in AutoencoderKL(vae_cfg).state_dict().items()}, str(vae_path))
-    train_toy.export(cfg, str(vae_path), out, 0.5)
+    train_toy.export(cfg, str(vae_path), load_file(out), 0.5)
     config = LDMConfig.from_dict(json.loads((tmp_path / "export" / "toy-ldm.json").read_text()))
     assert config.vae.embed_dim == 8 and config.unet.model_channels == 16 and config.unet.channel_mult == (1, 2)
     models = load_models(tmp_path / "export" / "toy-ldm.safetensors", config)
@@ -288,10 +289,12 @@ def test_dry_run_validates_and_trains_nothing(tmp_path):
 
 
 def test_snapshot_exports_the_ema_weights_of_last_ckpt_and_trains_nothing(train_toy, tmp_path, capsys):
-    """snapshot=true: the ldm stage's EMA UNet (not the raw one) from last.ckpt, with the run's VAE and scale, as a
-    loadable toy-ldm.safetensors + toy-ldm.json in export_dir/snapshot-step<N>/; a run without them is one line."""
+    """snapshot=true: the ldm stage's EMA UNet (not the raw one) from last.ckpt, with the run's VAE, scale and sizes
+    (its arch.json, whatever the command line says), as a loadable toy-ldm.safetensors + toy-ldm.json in
+    run_dir/snapshots/step<N>/, nothing else written; a run without them is one line."""
     import json
 
+    from hydra import compose, initialize_config_dir
     from safetensors.torch import load_file, save_file
 
     from ldm.checkpoint import load_models
@@ -299,33 +302,49 @@ def test_snapshot_exports_the_ema_weights_of_last_ckpt_and_trains_nothing(train_
     from ldm.models.autoencoder import AutoencoderKL
     from msbd.toy.clip_model import clip_text_state
     from msbd.toy.train_ldm import LDMLitModule, LDMTrainConfig
-    args = [f"run_dir={tmp_path / 'run'}", f"export_dir={tmp_path / 'export'}", "stages=[ldm]", "snapshot=true"]
-    with pytest.raises(SystemExit) as exit_info:
-        train_toy.precheck(args)                                                # nothing trained yet
-    err = capsys.readouterr().err.strip()
-    assert exit_info.value.code == 2 and err.startswith("error: snapshot:") and "\n" not in err, err
+    run = tmp_path / "run"
+    args = [f"run_dir={run}", f"export_dir={tmp_path / 'export'}", "stages=[ldm]", "snapshot=true"]
+
+    def refused(words: str, *extra: str) -> None:
+        with pytest.raises(SystemExit) as exit_info:
+            train_toy.precheck(args + list(extra))
+        err = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 2 and err.startswith("error: snapshot:") and "\n" not in err, err
+        assert words in err, err
+
+    refused("is missing")                                                         # nothing trained yet
+    arch = ["arch.unet_channels=16", "arch.unet_head_channels=16", "arch.unet_norm_groups=8"]
+    with initialize_config_dir(config_dir=os.path.join(ROOT, "configs"), version_base="1.3"):
+        run_cfg = compose("train_toy", overrides=[f"run_dir={run}", *arch])
+    vae_cfg, unet_cfg = train_toy.arch_configs(run_cfg)
     for stage in ("vae", "ldm"):
-        (tmp_path / "run" / stage).mkdir(parents=True)
-    vae = AutoencoderKL(presets.TOY_VAE)
-    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(tmp_path / "run" / "vae" / "vae.safetensors"))
-    save_file({"latents": torch.zeros(1), "scale": torch.tensor(0.4321)}, str(tmp_path / "run" / "ldm" / "latents.safetensors"))
-    module = LDMLitModule(presets.TOY_UNET, presets.TOY_CLIP_TEXT, LDMTrainConfig())
+        train_toy.write_arch(run_cfg, stage)                                      # as the run's training does
+    vae = AutoencoderKL(vae_cfg)
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(run / "vae" / "vae.safetensors"))
+    save_file({"latents": torch.zeros(1), "scale": torch.tensor(0.4321)}, str(run / "ldm" / "latents.safetensors"))
+    module = LDMLitModule(unet_cfg, presets.TOY_CLIP_TEXT, LDMTrainConfig())
     module.load_text_encoder(clip_text_state(load_file(presets.CLIP_WEIGHTS)))
     with torch.no_grad():
         for p in module.ema_unet.parameters():
             p.add_(0.25)                                                         # the EMA differs from the raw UNet
-    torch.save({"state_dict": module.state_dict(), "global_step": 1234}, tmp_path / "run" / "ldm" / "last.ckpt")
+    torch.save({"state_dict": module.state_dict(), "global_step": 1234}, run / "ldm" / "last.ckpt")
     with pytest.raises(SystemExit) as exit_info:
-        train_toy.precheck(args)
+        train_toy.precheck(args + ["arch.unet_channels=48", "arch.unet_head_channels=24", "arch.unet_norm_groups=16"])
     assert exit_info.value.code == 0
-    folder = tmp_path / "export" / "snapshot-step1234"
+    folder = run / "snapshots" / "step1234"
     assert str(folder) in capsys.readouterr().out
     assert sorted(os.listdir(folder)) == ["toy-clip.safetensors", "toy-ldm.json", "toy-ldm.safetensors"]
+    assert os.listdir(run / "snapshots") == ["step1234"] and not (tmp_path / "export").exists()
     config = LDMConfig.from_dict(json.loads((folder / "toy-ldm.json").read_text()))
-    assert config.scale_factor == 0.4321
+    assert config.scale_factor == 0.4321 and config.unet.model_channels == 16
     models = load_models(folder / "toy-ldm.safetensors", config)               # text tower read through the link
     for name, want in module.ema_unet.state_dict().items():
         torch.testing.assert_close(models.unet.state_dict()[name], want.half().float())
     name = next(iter(vae.state_dict()))
     torch.testing.assert_close(models.vae.state_dict()[name], vae.state_dict()[name].half().float())
-    assert not (tmp_path / "run" / "hydra").exists() and sorted(os.listdir(tmp_path / "export")) == [folder.name]
+    assert not (run / "hydra").exists()
+    (run / "vae" / "arch.json").write_text(json.dumps({"latent_channels": 8}))   # a VAE retrained since
+    refused("disagree on latent_channels")
+    train_toy.write_arch(run_cfg, "vae")
+    (run / "ldm" / "last.ckpt").write_bytes(b"half a checkpoint")
+    refused("try again")
