@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -62,14 +63,23 @@ def main() -> None:
     config.first_stage.steps = args.steps
     args.overlay = args.overlay or os.path.join(args.base_dir, "toy-inpaint-unet.safetensors")
     ldm_config = os.path.join(args.base_dir, os.path.basename(presets.LDM_CONFIG))
-    variants = {"blended toy UNet": os.path.join(args.base_dir, os.path.basename(presets.LDM_WEIGHTS)),
-                "inpainting toy UNet": args.overlay}
+    base = os.path.join(args.base_dir, os.path.basename(presets.LDM_WEIGHTS))
+    variants = {"blended toy UNet": base, "inpainting toy UNet": args.overlay}
+    for path in (ldm_config, base, args.overlay):
+        if not os.path.isfile(path):
+            sys.exit(f"error: {path} not found (--base-dir holds toy-ldm.safetensors, toy-ldm.json and the overlay)")
+    from ldm.checkpoint.formats import linked_files
+    if linked_files(args.overlay).get("overlay_base") != Path(base):
+        sys.exit(f"error: --overlay {args.overlay} is not an overlay on {base}")
     if args.only:
         variants = {k: v for k, v in variants.items() if k.startswith(args.only)}
     out_json = os.path.join(args.out, f"results_{args.only}.json" if args.only else "results.json")
     result: dict = {"args": vars(args), "bar": {}, "edits": {}, "edit_rows": []}
     for name, ckpt in variants.items():
-        bundle = load_bundle(_spec(ckpt, ldm_config), config)
+        try:
+            bundle = load_bundle(_spec(ckpt, ldm_config), config)
+        except ValueError as err:                    # InputError, CheckpointError: one line
+            sys.exit(f"error: {str(err).splitlines()[0]}")
         assert bundle.inpainting == (ckpt == args.overlay), name
         if args.bar:
             t0 = time.time()

@@ -1,4 +1,5 @@
-"""Fine-tune the toy inpainting UNet from the shipped toy UNet (msbd/toy/train_inpaint.py), resumable, on one thread.
+"""Fine-tune a toy inpainting UNet from a toy UNet (the shipped one by default; msbd/toy/train_inpaint.py),
+resumable, on one thread.
 
     python scripts/train_toy_inpaint.py                 # prepare data, train for --minutes, export
     python scripts/train_toy_inpaint.py --minutes 25    # run again after an interruption: continues from last.pt
@@ -116,6 +117,25 @@ def train(args, config: LDMConfig, models, data: dict) -> tuple[UNetModel, dict]
     return unet, {"steps": step, "minutes": round((time.time() - t_start) / 60, 1), "log": log, "ema": ema}
 
 
+def check_run_dir(run_dir: str, mine: dict) -> str:
+    """The path of run_dir's base.json (the base and --trained its data.pt and last.pt were made for); exits with one
+    error line when they were made for others, or before the record existed."""
+    record = os.path.join(run_dir, "base.json")
+    if os.path.isfile(record):
+        try:
+            with open(record) as f:
+                theirs = json.load(f)
+        except ValueError:
+            sys.exit(f"error: {record} is not JSON: use another --run-dir")
+        if theirs != mine:
+            sys.exit(f"error: --run-dir {run_dir} holds data and a checkpoint of another base or --trained "
+                     f"(trained={theirs.get('trained')}): use another --run-dir")
+    elif any(os.path.isfile(os.path.join(run_dir, f)) for f in ("data.pt", "last.pt")):
+        sys.exit(f"error: --run-dir {run_dir} holds data made before runs recorded their base (base.json): use "
+                 f"another --run-dir")
+    return record
+
+
 def export(ema: dict[str, torch.Tensor], path: str, base_name: str) -> None:
     from safetensors.torch import save_file
     tensors = {"model.diffusion_model." + k: v.half().contiguous() for k, v in ema.items()}
@@ -147,17 +167,18 @@ def main() -> None:
     if os.path.abspath(os.path.dirname(export_path)) != os.path.abspath(args.base_dir):
         sys.exit(f"error: --export {export_path} must be in --base-dir {args.base_dir}: the overlay names its base "
                  f"by file name")
-    record, mine = os.path.join(args.run_dir, "base.json"), {"base_sha256": sha256_file(base), "trained": args.trained}
-    if os.path.isfile(record) and json.load(open(record)) != mine:
-        sys.exit(f"error: --run-dir {args.run_dir} holds data and a checkpoint of another base or --trained "
-                 f"({json.load(open(record))}): use another --run-dir")
+    mine = {"base_sha256": sha256_file(base), "trained": args.trained}
+    record = check_run_dir(args.run_dir, mine)
+    try:
+        with open(base_config) as f:
+            config = LDMConfig.from_dict(json.load(f))
+        models = load_models(base, config)
+    except ValueError as err:                      # a bad JSON, a config that does not fit, a CheckpointError
+        sys.exit(f"error: --base-dir {args.base_dir}: {str(err).splitlines()[0]}")
     torch.set_num_threads(args.threads)
     os.makedirs(args.run_dir, exist_ok=True)
     with open(record, "w") as f:
         json.dump(mine, f)
-    with open(base_config) as f:
-        config = LDMConfig.from_dict(json.load(f))
-    models = load_models(base, config)
     data = prepare(models, config, args.n, os.path.join(args.run_dir, "data.pt"))
     print(f"data: {len(data['z0'])} scenes, kinds {dict(zip(*np.unique(data['kinds'], return_counts=True)))}, "
           f"prepared in {data['prepare_seconds']:.0f} s", flush=True)
