@@ -109,8 +109,8 @@ def edit(image_path: PathLike, mask_path: PathLike, prompt: str, output_path: Pa
     # 1. Validate everything before a model runs
     prompt, image, mask, plan = prepare_edit(image_path, mask_path, prompt, output_path, config, bundle,
                                              memory_limit_bytes)
-    source = load_source(image_path)               # the output's outside pixels, read now with the image: a file
-                                                   # changed during the run does not mix into the output
+    source = load_source(image_path)               # the output's outside pixels, read before the models run (not
+                                                   # after minutes of editing, when the file may have changed)
     # 2. Run with an overall bar over the stages (the sampler adds one per stage when config.progress)
     up = config.upscale
     n_stages = len(stage_sizes(plan.long_edge, _ceil64(config.first_stage.size), up.max_edgelen, up.straight_to_grid))

@@ -15,10 +15,10 @@ A CompVis `{"state_dict": {...}, ...}` checkpoint yields its state_dict; everyth
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
+import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -99,15 +99,32 @@ TEXT_FROM_KEY = "msbd_text_from"
 TEXT_SHA_KEY = "msbd_text_from_sha256"         # of the linked CLIP file as exported beside it
 
 
+_HASHES: dict[tuple, str] = {}
+RACY_SECONDS = 2.0              # a file changed this recently may change again within its timestamp's resolution
+
+
 def sha256_file(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes, remembered per (real path, size, mtime) for the process: the link check at load
-    and the outputs' provenance hash a linked file once, and repeated edits (the app) do not rehash a checkpoint."""
-    st = os.stat(path)
-    return _sha256(os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    """Hex SHA-256 of a file's bytes, remembered for the process while the file's (real path, inode, size, mtime,
+    ctime) stay the same: the link check at load and the outputs' provenance hash a linked file once, and repeated
+    edits (the app) do not rehash a checkpoint. A hash is remembered only when the file did not change while it was
+    read and was last changed more than RACY_SECONDS ago (git's "racy clean" rule: a rewrite within one timestamp
+    tick leaves the stat alone)."""
+    real = os.path.realpath(path)
+
+    def key() -> tuple:
+        st = os.stat(real)
+        return real, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+    before = key()
+    if before in _HASHES:
+        return _HASHES[before]
+    digest = _hash_bytes(real)
+    if key() == before and time.time() - max(before[3], before[4]) / 1e9 > RACY_SECONDS:
+        _HASHES[before] = digest
+    return digest
 
 
-@functools.lru_cache(maxsize=64)
-def _sha256(path: str, *stat: int) -> str:
+def _hash_bytes(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):

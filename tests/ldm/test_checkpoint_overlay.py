@@ -122,20 +122,27 @@ def test_the_linked_clip_file_is_hashed_and_reported(base):
     assert linked_files(folder / "base.safetensors") == {}
 
 
-def test_sha256_file_is_remembered_until_the_file_changes(tmp_path):
-    """sha256_file hashes a file once per process (load check and provenance), and again once its bytes change,
-    even in place with the same size."""
+def test_sha256_file_is_remembered_until_the_file_changes(tmp_path, monkeypatch):
+    """sha256_file reads a file once per process (load check, then provenance) and again once it changes, even in
+    place with the same size; a file changed within the last RACY_SECONDS is not remembered (its timestamp might not
+    show a rewrite)."""
     import hashlib
+    import time
 
-    from ldm.checkpoint.formats import _sha256, sha256_file
+    from ldm.checkpoint import formats
+    reads = []
+    monkeypatch.setattr(formats, "_hash_bytes", lambda p, real=formats._hash_bytes: reads.append(p) or real(p))
     path = tmp_path / "w.bin"
     path.write_bytes(b"a" * 4096)
-    first = sha256_file(path)
-    misses = _sha256.cache_info().misses
-    assert sha256_file(path) == first == hashlib.sha256(b"a" * 4096).hexdigest()
-    assert _sha256.cache_info().misses == misses                                 # read from memory
+    assert formats.sha256_file(path) == formats.sha256_file(path) == hashlib.sha256(b"a" * 4096).hexdigest()
+    assert len(reads) == 2                                                       # just written: racy, not remembered
+    old = time.time_ns() - 60 * 10**9
+    os.utime(path, ns=(old, old))                                                # ctime stays recent: still racy
+    formats.sha256_file(path)
+    assert len(reads) == 3
+    monkeypatch.setattr(formats, "RACY_SECONDS", -1e9)                           # as if the change were long ago
+    first = formats.sha256_file(path)
+    assert formats.sha256_file(path) == first and len(reads) == 4                # remembered
     with open(path, "r+b") as f:
         f.write(b"b")                                                            # same size, same inode
-    st = path.stat()
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
-    assert sha256_file(path) == hashlib.sha256(b"b" + b"a" * 4095).hexdigest()
+    assert formats.sha256_file(path) == hashlib.sha256(b"b" + b"a" * 4095).hexdigest() and len(reads) == 5
