@@ -76,14 +76,15 @@ evidence-report: $(STAMP)
 	if grep -q "<!-- CLAIMS:BEGIN -->" README.md; then $(PY) scripts/readme_section.py CLAIMS $(EVIDENCE_DIR)/claims.md; fi
 
 # Toy world v2 (issue 18): a VAE with 8 latent channels and a 10 M-parameter UNet (width 48, 16 GroupNorm groups) on
-# twice the single-object scenes, about 100 + 150 minutes on 2 cores, in the background. Resumable: run it again after
+# twice the single-object scenes, then its VAE decoder fine-tuned (encoder frozen), about 100 + 150 + 30 minutes on 2
+# cores, in the background. Resumable: run it again after
 # a stop and each stage continues from its last.ckpt. It writes into $(TOY_V2_DIR)/export, not over the shipped
 # weights; measure it with `python scripts/run.py +experiment=toy_quality model.ckpt=$(TOY_V2_DIR)/export/toy-ldm.safetensors
 # model.ldm_config=$(TOY_V2_DIR)/export/toy-ldm.json`.
 TOY_V2_DIR ?= train_runs/toy_v2
-TOY_V2 := run_dir=$(TOY_V2_DIR) export_dir=$(TOY_V2_DIR)/export 'stages=[vae,ldm]' arch.latent_channels=8 \
+TOY_V2 := run_dir=$(TOY_V2_DIR) export_dir=$(TOY_V2_DIR)/export 'stages=[vae,ldm,decoder]' arch.latent_channels=8 \
 	arch.unet_channels=48 arch.unet_head_channels=24 arch.unet_norm_groups=16 data.n_single=16000 \
-	vae.max_minutes=100 ldm.max_minutes=150 ldm.max_steps=5000 ldm.decay_start=500
+	vae.max_minutes=100 ldm.max_minutes=150 ldm.max_steps=5000 ldm.decay_start=500 decoder.max_minutes=30
 toy-v2: $(STAMP)
 	mkdir -p $(TOY_V2_DIR)
 	@if [ -f $(TOY_V2_DIR)/train.pid ] && kill -0 $$(cat $(TOY_V2_DIR)/train.pid) 2>/dev/null; then \

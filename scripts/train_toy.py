@@ -37,12 +37,12 @@ from msbd.errors import composition_message  # noqa: E402
 from msbd.toy import presets  # noqa: E402
 from msbd.toy.data import images_to_tensor, render_cache, seed_range, single_object_renderer  # noqa: E402
 from msbd.toy.train_ldm import (  # noqa: E402
-    ImageCropDataset, LatentCaptionDataset, LDMLitModule, LDMTrainConfig, VAELitModule, VAETrainConfig,
+    DecoderLitModule, ImageCropDataset, LatentCaptionDataset, LDMLitModule, LDMTrainConfig, VAELitModule, VAETrainConfig,
     latent_scale_factor, object_cells, round_scale,
 )
 
 
-STAGES = ("vae", "clip", "ldm", "sr")
+STAGES = ("vae", "clip", "ldm", "decoder", "sr")
 TEXT_PREFIX = PREFIXES["text"]                  # the SD v1 text encoder's checkpoint prefix
 SINGLE_OFFSET = 500_000      # the extra single-object scenes (data.n_single) use training seeds from here on
 
@@ -52,6 +52,12 @@ def vae_config(cfg: DictConfig) -> VAETrainConfig:
                           crop=cfg.vae.crop, batch_size=cfg.vae.batch_size,
                           equivariance_weight=cfg.vae.equivariance_weight,
                           latent_blur_weight=cfg.vae.latent_blur_weight)
+
+
+def decoder_config(cfg: DictConfig) -> VAETrainConfig:
+    """The decoder fine-tune's settings: its own lr, batch and crop, the VAE's edge weight (the same loss)."""
+    return VAETrainConfig(lr=cfg.decoder.lr, batch_size=cfg.decoder.batch_size, crop=cfg.decoder.crop,
+                          edge_weight=cfg.vae.edge_weight)
 
 
 def ldm_config(cfg: DictConfig) -> LDMTrainConfig:
@@ -92,7 +98,7 @@ def sr_config(cfg: DictConfig):
 def check_types(cfg: DictConfig) -> None:
     """Each scalar option has the type of its default in configs/train_toy.yaml (an int is a float too)."""
     defaults = OmegaConf.load(os.path.join(ROOT, "configs", "train_toy.yaml"))
-    for section in ("data", "arch", "vae", "ldm", "clip", "sr"):
+    for section in ("data", "arch", "vae", "ldm", "decoder", "clip", "sr"):
         for key, default in defaults[section].items():
             value = cfg[section][key]
             if (isinstance(default, bool) != isinstance(value, bool)              # bool is an int: checked apart
@@ -129,7 +135,7 @@ def validate(cfg: DictConfig) -> None:
         if not cfg[stage].max_minutes > 0:
             raise ValueError(f"{stage}.max_minutes must be positive, got {cfg[stage].max_minutes}"
                              + (" (0 only with vae.init)" if stage == "vae" else ""))
-        if stage != "vae" and cfg[stage].max_steps < (1 if stage != "ldm" else 0):
+        if stage not in ("vae", "decoder") and cfg[stage].max_steps < (1 if stage != "ldm" else 0):
             bound = ">= 0 (0: no step limit)" if stage == "ldm" else "positive"
             raise ValueError(f"{stage}.max_steps must be {bound}, got {cfg[stage].max_steps}")
     needs_clip = "ldm" in cfg.stages and cfg.ldm.freeze_text and "clip" not in cfg.stages
@@ -137,7 +143,7 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"ldm.freeze_text takes the text encoder from the toy CLIP, and there is none "
                          f"({clip_path(cfg)} is missing): add the clip stage (stages=[clip,ldm]) or set "
                          f"ldm.freeze_text=false")
-    for build in (vae_config, ldm_config, clip_config, sr_config, arch_configs):
+    for build in (vae_config, decoder_config, ldm_config, clip_config, sr_config, arch_configs):
         build(cfg)                                  # the dataclasses check their own values
     for stage in ("vae", "ldm"):
         if cfg[stage].init and stage in cfg.stages:
@@ -157,8 +163,8 @@ def forced_stages(cfg: DictConfig) -> set[str]:
     """The stages of this run that start from scratch: `force`, and the ldm stage with a forced VAE (its latents
     come from the VAE)."""
     forced = set(cfg.force) & set(cfg.stages)
-    if "vae" in forced and "ldm" in cfg.stages:
-        forced.add("ldm")
+    if "vae" in forced:                             # the UNet's latents and the decoder's start come from the VAE
+        forced |= {"ldm", "decoder"} & set(cfg.stages)
     return forced
 
 
@@ -180,7 +186,7 @@ def _arch_record(cfg: DictConfig, stage: str) -> dict:
     """What of `arch` a stage's weights depend on (the VAE: its latent channels; the UNet: every size, and the width
     of the text it attends to)."""
     arch = OmegaConf.to_container(cfg.arch, resolve=True)
-    if stage == "vae":
+    if stage in ("vae", "decoder"):
         return {"latent_channels": arch["latent_channels"]}
     return {**arch, "context_dim": text_config(cfg).hidden_size}
 
@@ -211,7 +217,7 @@ def check_run_dir(cfg: DictConfig) -> None:
     from ldm.models.autoencoder import AutoencoderKL
     from ldm.models.unet import UNetModel
     forced = forced_stages(cfg)
-    for stage in (s for s in ("vae", "ldm") if s in cfg.stages and s not in forced):
+    for stage in (s for s in ("vae", "decoder", "ldm") if s in cfg.stages and s not in forced):
         stage_dir = os.path.join(cfg.run_dir, stage)
         record = os.path.join(stage_dir, "arch.json")
         if os.path.isfile(record):
@@ -224,13 +230,13 @@ def check_run_dir(cfg: DictConfig) -> None:
                                  f"{wanted.get(diff[0])}: use another run_dir or force=[{stage}]")
             continue
         vae_cfg, unet_cfg = arch_configs(cfg)
-        model = AutoencoderKL(vae_cfg) if stage == "vae" else UNetModel(unet_cfg)
+        model = AutoencoderKL(vae_cfg) if stage != "ldm" else UNetModel(unet_cfg)
         want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        for name in ("last.ckpt", f"{stage}.safetensors"):
+        for name in ("last.ckpt", f"{'vae' if stage == 'decoder' else stage}.safetensors"):
             path = os.path.join(stage_dir, name)
             if not os.path.isfile(path):
                 continue
-            stored = _stored_shapes(path, "vae." if stage == "vae" else "unet.")
+            stored = _stored_shapes(path, "vae." if stage != "ldm" else "unet.")
             if stage == "ldm" and name.endswith(".safetensors"):
                 stored = {k.removeprefix("model.diffusion_model."): v for k, v in stored.items()
                           if k.startswith("model.diffusion_model.")}
@@ -285,7 +291,7 @@ def write_snapshot(cfg: DictConfig) -> str:
     run_dir/snapshots/step<N>/ (written aside, then moved into place); returns that folder. The sizes are the run's
     own (run_dir/<stage>/arch.json), not the command line's. ValueError (one line) when the run has no such files."""
     ldm_dir, vae_dir = os.path.join(cfg.run_dir, "ldm"), os.path.join(cfg.run_dir, "vae")
-    need = [os.path.join(vae_dir, "vae.safetensors"), os.path.join(ldm_dir, "last.ckpt"),
+    need = [export_vae_path(cfg), os.path.join(ldm_dir, "last.ckpt"),
             os.path.join(ldm_dir, "latents.safetensors"), os.path.join(vae_dir, "arch.json"),
             os.path.join(ldm_dir, "arch.json")]
     missing = [p for p in need if not os.path.isfile(p)]
@@ -384,6 +390,32 @@ def train_vae(cfg: DictConfig, cache, card: dict) -> str:
                        "latent_blur_weight": tc.latent_blur_weight}
     save_file({k: v.contiguous() for k, v in module.vae.state_dict().items()}, out)
     return out
+
+
+def train_decoder(cfg: DictConfig, cache, vae_path: str, card: dict) -> str:
+    """The decoder fine-tune (`DecoderLitModule`: encoder frozen, so the latents and the UNet stay valid), starting
+    from the VAE stage's weights; run_dir/decoder/vae.safetensors holds the whole VAE with its new decoder."""
+    stage_dir = os.path.join(cfg.run_dir, "decoder")
+    out = os.path.join(stage_dir, "vae.safetensors")
+    if os.path.exists(out):                              # force=[decoder] has moved it aside (start_fresh)
+        return out
+    tc = decoder_config(cfg)
+    module = DecoderLitModule(arch_configs(cfg)[0], tc)
+    write_arch(cfg, "decoder")
+    if not os.path.exists(os.path.join(stage_dir, "last.ckpt")):
+        module.vae.load_state_dict(load_file(vae_path))
+    loader = DataLoader(ImageCropDataset(cache.images, tc.crop), batch_size=tc.batch_size, shuffle=True,
+                        drop_last=True)
+    minutes = _fit(module, loader, stage_dir, cfg.decoder.max_minutes)
+    card["decoder"] = {"minutes_last_call": round(minutes, 1), "train_psnr_last": _last_metric(stage_dir, "psnr")}
+    save_file({k: v.contiguous() for k, v in module.vae.state_dict().items()}, out)
+    return out
+
+
+def export_vae_path(cfg: DictConfig) -> str:
+    """The VAE the export ships: the decoder fine-tune's when the run has one, else the VAE stage's."""
+    tuned = os.path.join(cfg.run_dir, "decoder", "vae.safetensors")
+    return tuned if os.path.isfile(tuned) else os.path.join(cfg.run_dir, "vae", "vae.safetensors")
 
 
 @torch.no_grad()
@@ -555,7 +587,7 @@ def main(cfg: DictConfig) -> None:
         card["clip"] = train_clip(os.path.join(cfg.run_dir, "clip"), max_minutes=cfg.clip.max_minutes, seed=cfg.seed,
                                   config=clip_config(cfg))
         export_copy(cfg, os.path.join(cfg.run_dir, "clip", "clip.safetensors"), presets.CLIP_WEIGHTS)
-    if {"vae", "ldm"} & set(cfg.stages):                # the clip and sr stages render their own data
+    if {"vae", "ldm", "decoder"} & set(cfg.stages):     # the clip and sr stages render their own data
         cache = render_cache(os.path.join(cfg.run_dir, "cache"), seed_range("train", cfg.data.n_train), cfg.data.size)
         vae_path = train_vae(cfg, cache, card)
         vae_cfg = arch_configs(cfg)[0]
@@ -567,8 +599,12 @@ def main(cfg: DictConfig) -> None:
                 extra, _ = encode_latents(vae_path, singles, os.path.join(cfg.run_dir, "ldm"), name, vae_cfg)
                 caches, latents = [cache, singles], torch.cat([latents, extra])
             card["data_single"] = {"n": cfg.data.n_single, "sizes": [float(v) for v in cfg.data.single_sizes]}
-            ldm_path = train_ldm(cfg, caches, latents, scale, card)
-            export(cfg, vae_path, load_file(ldm_path), scale)
+            train_ldm(cfg, caches, latents, scale, card)
+        if "decoder" in cfg.stages:                     # after the UNet: its latents come from the VAE's encoder
+            train_decoder(cfg, cache, vae_path, card)
+        ldm_path = os.path.join(cfg.run_dir, "ldm", "ldm.safetensors")
+        if {"ldm", "decoder"} & set(cfg.stages) and os.path.isfile(ldm_path):
+            export(cfg, export_vae_path(cfg), load_file(ldm_path), scale)
     if "sr" in cfg.stages:
         from msbd.toy.sr_model import train_sr
         card["sr"] = train_sr(os.path.join(cfg.run_dir, "sr"), max_minutes=cfg.sr.max_minutes, seed=cfg.seed,

@@ -84,7 +84,7 @@ def _stage_rows(card_text: str) -> dict[str, str]:
     rows = {}
     for line in card_text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("| ") and len(cells) == 4 and cells[0] in ("vae", "ldm", "clip", "sr"):
+        if line.startswith("| ") and len(cells) == 4 and cells[0] in ("vae", "ldm", "decoder", "clip", "sr"):
             rows[cells[0]] = line
     return rows
 
@@ -157,19 +157,25 @@ def write_model_card(run_dir: str | os.PathLike, export_dir: str | os.PathLike, 
               "| stage | steps | training minutes (total) | last metric |", "|---|---|---|---|"]
     for stage, metrics, key, label in (("vae", card.get("vae", {}), "train_psnr_last", "train_psnr_last"),
                                        ("ldm", card.get("ldm", {}), "train_loss_last", "train_loss_last"),
+                                       ("decoder", card.get("decoder", {}), "train_psnr_last", "train_psnr_last"),
                                        ("clip", clip_m, "top1_retrieval", "held-out top-1 retrieval"),
                                        ("sr", sr_m, "gain_db", "held-out PSNR gain over bicubic (dB)")):
         steps, minutes = _progress(run / stage / "last.ckpt")
         value = metrics.get(key)
-        if metrics.get("steps", steps) is None and minutes is None and value is None and stage in previous_rows:
-            lines.append(previous_rows[stage])          # not trained in this run directory: keep the shipped row
-            continue
+        if metrics.get("steps", steps) is None and minutes is None and value is None:
+            if stage in previous_rows:                  # not trained in this run directory: keep the shipped row
+                lines.append(previous_rows[stage])
+            if stage in previous_rows or stage == "decoder":     # the optional stage: no row when never run
+                continue
         lines.append(f"| {stage} | {metrics.get('steps', steps)} | {minutes} | {label}: "
                      f"{'n/a' if value is None else f'{value:.3f}'} |")
     for stage in ("vae", "ldm"):
         if card.get(stage, {}).get("init"):
             lines += ["", f"The {stage} stage was warm-started from `{card[stage]['init']}`: its steps and minutes above "
                       "count only this run, the earlier training of those weights is not included."]
+    if card.get("decoder") or "decoder" in previous_rows:
+        lines += ["", "The VAE's decoder was then fine-tuned with its encoder frozen (stage `decoder`, as Stability's "
+                  "sd-vae-ft-mse): the latents the UNet was trained on are unchanged."]
     if card.get("vae", {}).get("equivariance_weight"):
         lines += ["", f"The VAE loss includes the scale-equivariance term with weight "
                   f"{card['vae']['equivariance_weight']} (`vae.equivariance_weight`)."]

@@ -48,9 +48,12 @@ class VAETrainConfig:
     latent_blur_weight: float = 0.0    # > 0: decode(latent_blur(z)) must reconstruct the image too (see VAELitModule)
 
     def __post_init__(self) -> None:
-        for name in ("equivariance_weight", "latent_blur_weight"):
+        for name in ("equivariance_weight", "latent_blur_weight", "edge_weight", "kl_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0 or self.batch_size < 1 or self.crop < 8 or self.crop % 8:
+            raise ValueError(f"need lr > 0, batch_size >= 1 and a crop that is a multiple of 8, got lr {self.lr}, "
+                             f"batch_size {self.batch_size}, crop {self.crop}")
 
 
 class ImageCropDataset(Dataset):
@@ -115,6 +118,38 @@ class VAELitModule(pl.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.vae.parameters(), lr=self.train_config.lr, weight_decay=0.0)
+
+
+class DecoderLitModule(pl.LightningModule):
+    """Fine-tunes a trained VAE's decoder side (post_quant_conv and decoder) with its encoder frozen, as Stability's
+    sd-vae-ft-mse did for SD's VAE: the latents, their scale factor, and so the UNet trained on them stay as they
+    are, while the reconstructions improve. The decoder sees posterior samples, the latents the UNet learnt to
+    produce; the loss is the VAE's reconstruction and edge terms (`VAETrainConfig`: lr, edge_weight, crop,
+    batch_size; no KL, since the posterior is fixed)."""
+
+    def __init__(self, model_config: AutoencoderConfig, train_config: VAETrainConfig):
+        super().__init__()
+        self.vae = AutoencoderKL(model_config)
+        self.train_config = train_config
+        for frozen in (self.vae.encoder, self.vae.quant_conv):
+            frozen.requires_grad_(False)
+
+    def training_step(self, image: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        with torch.no_grad():
+            mean, logvar = self.vae.encode_moments(image)
+            z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+        recon = self.vae.decode(z)
+        (gy, gx), (ry, rx) = image_gradients(image), image_gradients(recon)
+        edge = F.l1_loss(ry, gy) + F.l1_loss(rx, gx)
+        loss = F.l1_loss(recon, image) + F.mse_loss(recon, image) + self.train_config.edge_weight * edge
+        with torch.no_grad():
+            psnr = -10 * torch.log10(F.mse_loss((recon.clamp(-1, 1) + 1) / 2, (image + 1) / 2))
+        self.log_dict({"loss": loss, "psnr": psnr}, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        trained = [p for p in self.vae.parameters() if p.requires_grad]
+        return torch.optim.AdamW(trained, lr=self.train_config.lr, weight_decay=0.0)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -42,7 +42,8 @@ def train_toy():
     ("arch.unet_mult=abc", "arch.unet_mult"), ("arch.unet_mult=[]", "arch.unet_mult"),
     ("arch.unet_attention=[0]", "arch.unet_attention"), ("arch.latent_channels=0", "arch.latent_channels"),
     ("arch.latent_channels=2.5", "arch.latent_channels must be int"), ("dry_run=maybe", "dry_run"),
-    ("snapshot=maybe", "snapshot"),
+    ("snapshot=maybe", "snapshot"), ("stages=[decoder] decoder.max_minutes=0", "decoder.max_minutes"),
+    ("decoder.crop=abc", "decoder.crop must be int"), ("decoder.lr=-1", "lr"),
     ("arch.latent_channels=8 ldm.init=msbd/toy/weights/toy-ldm.safetensors", "ldm.init"),   # 4-channel UNet
 ])
 def test_bad_options_give_one_error_line(train_toy, capsys, override, words):
@@ -58,6 +59,7 @@ def test_default_config_passes(train_toy, capsys):
     train_toy.precheck(["stages=[clip]", "clip.max_minutes=22"])
     train_toy.precheck(["vae.init=msbd/toy/weights/toy-ldm.safetensors", "vae.max_minutes=0"])   # VAE as it is
     train_toy.precheck(["data.n_single=16000", "data.single_sizes=[0.3,0.6]"])
+    train_toy.precheck(["ldm.max_minutes=0.5", "stages=[vae,ldm,decoder]", "decoder.max_minutes=2"])   # float or int
     assert capsys.readouterr().err == ""
 
 
@@ -348,3 +350,32 @@ def test_snapshot_exports_the_ema_weights_of_last_ckpt_and_trains_nothing(train_
     train_toy.write_arch(run_cfg, "vae")
     (run / "ldm" / "last.ckpt").write_bytes(b"half a checkpoint")
     refused("try again")
+
+
+def test_decoder_stage_tunes_the_decoder_only_and_the_export_ships_it(train_toy, tmp_path):
+    """stage `decoder`: starts from the VAE stage's weights, changes the decoder side only (so the latents the UNet
+    learnt stay the same), and the export's VAE is the tuned one; a forced VAE forces it too."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+    from safetensors.torch import save_file
+
+    from ldm.models.autoencoder import AutoencoderKL
+    from msbd.toy.data import render_cache, seed_range
+    with initialize_config_dir(config_dir=os.path.join(ROOT, "configs"), version_base="1.3"):
+        cfg = compose("train_toy", overrides=[f"run_dir={tmp_path}", "stages=[decoder]", "decoder.max_minutes=0.05",
+                                              "decoder.batch_size=4", "decoder.lr=1e-3"])
+    train_toy.validate(cfg)
+    torch.manual_seed(0)
+    vae = AutoencoderKL(presets.TOY_VAE)
+    (tmp_path / "vae").mkdir()
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(tmp_path / "vae" / "vae.safetensors"))
+    assert train_toy.export_vae_path(cfg) == str(tmp_path / "vae" / "vae.safetensors")
+    cache = render_cache(str(tmp_path / "cache"), seed_range("train", 8), 128)
+    card: dict = {}
+    out = train_toy.train_decoder(cfg, cache, str(tmp_path / "vae" / "vae.safetensors"), card)
+    assert out == train_toy.export_vae_path(cfg) and card["decoder"]["minutes_last_call"] > 0
+    tuned, start = load_file(out), vae.state_dict()
+    changed = {k for k in start if not torch.equal(tuned[k], start[k])}
+    assert changed and all(k.startswith(("decoder.", "post_quant_conv.")) for k in changed), sorted(changed)[:3]
+    assert train_toy.forced_stages(OmegaConf.merge(cfg, {"force": ["vae"], "stages": ["vae", "decoder"]})) == {
+        "vae", "decoder"}

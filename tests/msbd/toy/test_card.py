@@ -160,3 +160,13 @@ def test_card_gives_the_sizes_from_the_exported_config_and_where_it_trained(tmp_
     assert "GroupNorm with 16 groups" in text and "Trained on a CPU with 2 threads" in text
     assert "`train_runs/toy_v2/<stage>/last.ckpt`" in text
     assert "## Sizes" not in write_model_card(*_run_dir(tmp_path / "b"), "cmd").read_text()   # no config exported
+
+
+def test_card_has_a_decoder_row_only_when_the_run_tuned_the_decoder(tmp_path):
+    run, out = _run_dir(tmp_path)
+    assert "| decoder |" not in write_model_card(run, out, "cmd").read_text()
+    card = json.loads((run / "card.json").read_text())
+    card["decoder"] = {"train_psnr_last": 27.25, "minutes_last_call": 30.0}
+    (run / "card.json").write_text(json.dumps(card))
+    text = write_model_card(run, out, "cmd").read_text()
+    assert "| decoder | None | None | train_psnr_last: 27.250 |" in text and "encoder frozen" in text
