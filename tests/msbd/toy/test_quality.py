@@ -20,9 +20,9 @@ def test_latent_blur_is_a_normalised_binomial_filter():
 
 def test_shipped_vae_keeps_shapes_but_loses_them_under_a_latent_blur():
     from msbd.models import build_bundle
+    from ldm.config import LDMConfig
     with open(presets.LDM_CONFIG) as f:
-        scale = json.load(f)["scale_factor"]
-    bundle = build_bundle(presets.toy_ldm_config(scale), presets.LDM_WEIGHTS)
+        bundle = build_bundle(LDMConfig.from_dict(json.load(f)), presets.LDM_WEIGHTS)   # the shipped sizes
     figures = measure_latent_blur(bundle, n=8)
     assert figures["vae_shape_kept"] == 1.0                               # the decoder draws every outline
     assert figures["vae_shape_kept_latent_blur"] < figures["vae_shape_kept"]   # the finding in the README
