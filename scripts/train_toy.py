@@ -367,6 +367,11 @@ def _last_metric(stage_dir: str, name: str) -> float | None:
     return float(values[-1]) if values else None
 
 
+def _crop_loader(cache, tc: VAETrainConfig) -> DataLoader:
+    """Shuffled batches of random crops of the renders (the vae and decoder stages)."""
+    return DataLoader(ImageCropDataset(cache.images, tc.crop), batch_size=tc.batch_size, shuffle=True, drop_last=True)
+
+
 def train_vae(cfg: DictConfig, cache, card: dict) -> str:
     stage_dir = os.path.join(cfg.run_dir, "vae")
     out = os.path.join(stage_dir, "vae.safetensors")
@@ -382,9 +387,7 @@ def train_vae(cfg: DictConfig, cache, card: dict) -> str:
         os.makedirs(stage_dir, exist_ok=True)
         card["vae"] = {"init": cfg.vae.init, "minutes_last_call": 0.0}
     else:
-        loader = DataLoader(ImageCropDataset(cache.images, tc.crop), batch_size=tc.batch_size, shuffle=True,
-                            drop_last=True)
-        minutes = _fit(module, loader, stage_dir, cfg.vae.max_minutes)
+        minutes = _fit(module, _crop_loader(cache, tc), stage_dir, cfg.vae.max_minutes)
         card["vae"] = {"minutes_last_call": round(minutes, 1), "train_psnr_last": _last_metric(stage_dir, "psnr"),
                        "init": cfg.vae.init, "equivariance_weight": tc.equivariance_weight,
                        "latent_blur_weight": tc.latent_blur_weight}
@@ -404,9 +407,7 @@ def train_decoder(cfg: DictConfig, cache, vae_path: str, card: dict) -> str:
     write_arch(cfg, "decoder")
     if not os.path.exists(os.path.join(stage_dir, "last.ckpt")):
         module.vae.load_state_dict(load_file(vae_path))
-    loader = DataLoader(ImageCropDataset(cache.images, tc.crop), batch_size=tc.batch_size, shuffle=True,
-                        drop_last=True)
-    minutes = _fit(module, loader, stage_dir, cfg.decoder.max_minutes)
+    minutes = _fit(module, _crop_loader(cache, tc), stage_dir, cfg.decoder.max_minutes)
     card["decoder"] = {"minutes_last_call": round(minutes, 1), "train_psnr_last": _last_metric(stage_dir, "psnr")}
     save_file({k: v.contiguous() for k, v in module.vae.state_dict().items()}, out)
     return out
