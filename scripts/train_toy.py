@@ -269,8 +269,7 @@ def precheck(argv: list[str]) -> None:
             print(f"wrote {write_snapshot(cfg)}")
             sys.exit(0)
     except ValueError as err:
-        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
-        sys.exit(2)
+        _exit_with(err)
     except Exception as err:  # noqa: BLE001  (composition: misspelled key, wrong type)
         print(f"error: {composition_message(err)}", file=sys.stderr)
         sys.exit(2)
@@ -283,6 +282,12 @@ def ema_export_state(module_state: dict[str, torch.Tensor]) -> dict[str, torch.T
     for prefix, target in (("ema_unet.", "model.diffusion_model."), ("ema_text.", TEXT_PREFIX)):
         out.update({target + k.removeprefix(prefix): v for k, v in module_state.items() if k.startswith(prefix)})
     return out
+
+
+def _exit_with(err: ValueError) -> None:
+    """A bad option or run directory: its message's first line as one `error:` line, exit code 2."""
+    print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+    sys.exit(2)
 
 
 def write_snapshot(cfg: DictConfig) -> str:
@@ -572,8 +577,7 @@ def main(cfg: DictConfig) -> None:
             validate(cfg)
             print(f"wrote {write_snapshot(cfg)}")
         except ValueError as err:
-            print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
-            sys.exit(2)
+            _exit_with(err)
         return
     torch.set_num_threads(cfg.threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
