@@ -84,7 +84,7 @@ evidence-report: $(STAMP)
 TOY_V2_DIR ?= train_runs/toy_v2
 TOY_V2 := run_dir=$(TOY_V2_DIR) export_dir=$(TOY_V2_DIR)/export 'stages=[vae,ldm,decoder]' arch.latent_channels=8 \
 	arch.unet_channels=48 arch.unet_head_channels=24 arch.unet_norm_groups=16 data.n_single=16000 \
-	vae.max_minutes=100 ldm.max_minutes=150 ldm.max_steps=5000 ldm.decay_start=500 decoder.max_minutes=30
+	vae.max_minutes=100 ldm.max_minutes=200 ldm.max_steps=5000 ldm.decay_start=500 decoder.max_minutes=30
 toy-v2: $(STAMP)
 	mkdir -p $(TOY_V2_DIR)
 	@if [ -f $(TOY_V2_DIR)/train.pid ] && kill -0 $$(cat $(TOY_V2_DIR)/train.pid) 2>/dev/null; then \

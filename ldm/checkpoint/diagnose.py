@@ -22,6 +22,7 @@ from ldm.sampling.schedule import alphas_cumprod, scaled_linear_betas
 SHOW = 3                                       # names listed per kind of mismatch
 _UNET_IN = PREFIXES["unet"] + "input_blocks.0.0.weight"
 _UNET_IN_EMA = EMA_PREFIX + "diffusion_modelinput_blocks00weight"
+_VAE_LATENT = PREFIXES["vae"] + "post_quant_conv.weight"                 # [z, z, 1, 1]: the latent width
 _OPENCLIP_PREFIX = TEXT_PREFIXES["open_clip"]  # SD 2.x FrozenOpenCLIPEmbedder
 _TEXT_EMB = (PREFIXES["text"] + "text_model.embeddings.token_embedding.weight",
              PREFIXES["text"] + "embeddings.token_embedding.weight",            # transformers < 4.17
@@ -61,6 +62,12 @@ def unet_in_channels(state_dict: dict[str, torch.Tensor]) -> int | None:
     return int(weight.shape[1]) if weight is not None and weight.ndim == 4 else None
 
 
+def vae_latent_channels(state_dict: dict[str, torch.Tensor]) -> int | None:
+    """Latent channels of the file's VAE (post_quant_conv is z -> z), None without a VAE."""
+    weight = state_dict.get(_VAE_LATENT)
+    return int(weight.shape[1]) if weight is not None and weight.ndim == 4 else None
+
+
 def file_family(state_dict: dict[str, torch.Tensor]) -> str | None:
     """"SD 1.x", "SD 2.x", "SDXL", "SDXL refiner" from keys and widths, or None (not an SD layout)."""
     ctx = _context_dim(state_dict)
@@ -85,9 +92,9 @@ def config_family(config: LDMConfig) -> str | None:
     return None
 
 
-def _kind(inpainting: bool) -> str:
-    return "an inpainting UNet (9 input channels: latent, mask, masked-image latent)" if inpainting else \
-        "a plain UNet (4 input channels)"
+def _kind(inpainting: bool, latent: int = 4) -> str:
+    return (f"an inpainting UNet ({inpainting_channels(latent)} input channels: latent, mask, masked-image latent)"
+            if inpainting else f"a plain UNet ({latent} input channels)")
 
 
 def check_family(state_dict: dict[str, torch.Tensor], config: LDMConfig, source: str = "checkpoint",
@@ -116,7 +123,7 @@ def resolve_inpainting(state_dict: dict[str, torch.Tensor], config: LDMConfig, i
     if inpainting is not None and inpainting != found:
         family = file_family(state_dict) or "latent diffusion"
         raise CheckpointError(
-            f"{source} holds {_kind(found)} ({family}) where {_kind(inpainting).split(' (')[0]} was asked for "
+            f"{source} holds {_kind(found, c)} ({family}) where {_kind(inpainting, c).split(' (')[0]} was asked for "
             f"(inpainting={inpainting}): give {'an inpainting' if inpainting else 'a plain'} {family} checkpoint, "
             f"or leave inpainting unset (model.inpainting=null) to follow the file")
     return with_inpainting(config, found)
@@ -225,9 +232,10 @@ def guess_family(state_dict: dict[str, torch.Tensor]) -> str:
             return "unknown (no CompVis-layout keys)"
         sizes = [f"context_dim {ctx}"] * (ctx is not None) + [f"text width {width}"] * (width is not None)
         family = "latent diffusion, not SD" + (f" ({', '.join(sizes)})" if sizes else "")
-    if in_ch == 9:
+    latent = vae_latent_channels(state_dict) or 4                      # SD's 4 where the file has no VAE
+    if in_ch == inpainting_channels(latent):
         family += " inpainting"
-    elif in_ch is not None and in_ch != 4:
+    elif in_ch is not None and in_ch != latent:
         family += f" with {in_ch} input channels"
     if has_ema(state_dict):
         family += ", with EMA copies (model_ema.*)" if has_unet else ", EMA weights only (model_ema.*)"
