@@ -76,9 +76,9 @@ evidence-report: $(STAMP)
 	if grep -q "<!-- CLAIMS:BEGIN -->" README.md; then $(PY) scripts/readme_section.py CLAIMS $(EVIDENCE_DIR)/claims.md; fi
 
 # Toy world v2 (issue 18): a VAE with 8 latent channels and a 10 M-parameter UNet (width 48, 16 GroupNorm groups) on
-# twice the single-object scenes, then its VAE decoder fine-tuned (encoder frozen), about 100 + 150 + 30 minutes on 2
-# cores, in the background. Resumable: run it again after
-# a stop and each stage continues from its last.ckpt. It writes into $(TOY_V2_DIR)/export, not over the shipped
+# twice the single-object scenes, then its VAE decoder fine-tuned (encoder frozen), about 100 + 200 + 30 minutes on 2
+# cores, in the background. Resumable: run it again after a stop, or with a stage's budget raised, and that stage
+# continues from its last.ckpt (the VAE's only while no UNet has learned its latents). It writes into $(TOY_V2_DIR)/export, not over the shipped
 # weights; measure it with `python scripts/run.py +experiment=toy_quality model.ckpt=$(TOY_V2_DIR)/export/toy-ldm.safetensors
 # model.ldm_config=$(TOY_V2_DIR)/export/toy-ldm.json`.
 TOY_V2_DIR ?= train_runs/toy_v2

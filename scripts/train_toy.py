@@ -217,6 +217,15 @@ def check_run_dir(cfg: DictConfig) -> None:
     from ldm.models.autoencoder import AutoencoderKL
     from ldm.models.unet import UNetModel
     forced = forced_stages(cfg)
+    vae_dir, ldm_dir = os.path.join(cfg.run_dir, "vae"), os.path.join(cfg.run_dir, "ldm")
+    if ("vae" in cfg.stages and "vae" not in forced and any(os.path.isfile(os.path.join(ldm_dir, f)) for f in
+                                                            ("ldm.safetensors", "last.ckpt"))
+            and not stage_finished(os.path.join(vae_dir, "vae.safetensors"), vae_dir, cfg.vae.max_minutes)
+            and os.path.isfile(os.path.join(vae_dir, "vae.safetensors"))):
+        spent = stage_progress(vae_dir)[0]
+        raise ValueError(f"vae.max_minutes={cfg.vae.max_minutes} would train the VAE beyond the {spent:.1f} min it has had, "
+                         f"but the UNet in {ldm_dir} learned its latents: keep vae.max_minutes <= {spent:.1f}, "
+                         f"or force=[vae] (the UNet starts again too)")
     for stage in (s for s in ("vae", "decoder", "ldm") if s in cfg.stages and s not in forced):
         stage_dir = os.path.join(cfg.run_dir, stage)
         record = os.path.join(stage_dir, "arch.json")
@@ -360,6 +369,26 @@ def _fit(module: pl.LightningModule, loader: DataLoader, stage_dir: str, max_min
     return (time.time() - start) / 60
 
 
+def stage_progress(stage_dir: str) -> tuple[float, int] | None:
+    """(minutes trained, steps) from the stage's last.ckpt (Lightning's Timer state), None without one."""
+    last = os.path.join(stage_dir, "last.ckpt")
+    if not os.path.exists(last):
+        return None
+    ckpt = torch.load(last, map_location="cpu", weights_only=False, mmap=True)
+    seconds = ckpt.get("callbacks", {}).get("Timer", {}).get("time_elapsed", {}).get("train", 0.0)
+    return seconds / 60, int(ckpt.get("global_step", 0))
+
+
+def stage_finished(out: str, stage_dir: str, max_minutes: float, max_steps: int = -1) -> bool:
+    """Whether a stage is done: its output exists and its last.ckpt has spent the budget (minutes, or `max_steps`
+    when > 0). A budget raised after the stage stopped resumes it from last.ckpt; an output without a last.ckpt (a
+    VAE taken as it is) is done."""
+    if not os.path.exists(out):
+        return False
+    progress = stage_progress(stage_dir)
+    return progress is None or progress[0] >= max_minutes or 0 < max_steps <= progress[1]
+
+
 def _last_metric(stage_dir: str, name: str) -> float | None:
     """The last logged value of a metric in the stage's CSV log (for the model card)."""
     logs = sorted((os.path.join(d, "metrics.csv") for d, _, files in os.walk(stage_dir) if "metrics.csv" in files),
@@ -380,7 +409,7 @@ def _crop_loader(cache, tc: VAETrainConfig) -> DataLoader:
 def train_vae(cfg: DictConfig, cache, card: dict) -> str:
     stage_dir = os.path.join(cfg.run_dir, "vae")
     out = os.path.join(stage_dir, "vae.safetensors")
-    if os.path.exists(out):                              # force=[vae] has moved it aside (start_fresh)
+    if stage_finished(out, stage_dir, cfg.vae.max_minutes):   # force=[vae] has moved it aside (start_fresh)
         return out
     tc = vae_config(cfg)
     module = VAELitModule(arch_configs(cfg)[0], tc)
@@ -405,7 +434,7 @@ def train_decoder(cfg: DictConfig, cache, vae_path: str, card: dict) -> str:
     from the VAE stage's weights; run_dir/decoder/vae.safetensors holds the whole VAE with its new decoder."""
     stage_dir = os.path.join(cfg.run_dir, "decoder")
     out = os.path.join(stage_dir, "vae.safetensors")
-    if os.path.exists(out):                              # force=[decoder] has moved it aside (start_fresh)
+    if stage_finished(out, stage_dir, cfg.decoder.max_minutes):   # force=[decoder] has moved it aside
         return out
     tc = decoder_config(cfg)
     module = DecoderLitModule(arch_configs(cfg)[0], tc)
@@ -484,7 +513,7 @@ def single_cache(cfg: DictConfig):
 def train_ldm(cfg: DictConfig, caches: list, latents: torch.Tensor, scale: float, card: dict) -> str:
     stage_dir = os.path.join(cfg.run_dir, "ldm")
     out = os.path.join(stage_dir, "ldm.safetensors")
-    if os.path.exists(out):                              # force=[ldm] has moved it aside (start_fresh)
+    if stage_finished(out, stage_dir, cfg.ldm.max_minutes, cfg.ldm.max_steps):   # force=[ldm] moved it aside
         return out
     tokenizer = CLIPTokenizer()
     token_ids = tokenizer([text for cache in caches for text in cache.captions])

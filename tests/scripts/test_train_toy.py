@@ -262,6 +262,56 @@ def test_run_dir_checks_a_resumable_checkpoint_and_the_arch_record(train_toy, tm
     refused("arch.unet_norm_groups=16", "unet_norm_groups=32")                # now the record tells
 
 
+def test_a_raised_budget_resumes_a_finished_stage_and_a_spent_one_is_skipped(train_toy, tmp_path):
+    """make toy-v2 with ldm.max_steps raised after the UNet stopped at its old budget trains on from last.ckpt (the
+    stage had written ldm.safetensors, which alone used to mark it done); with the budget spent it is skipped."""
+    from hydra import compose, initialize_config_dir
+
+    from msbd.toy.data import render_cache, seed_range
+
+    def cfg(steps: int):
+        with initialize_config_dir(config_dir=os.path.join(ROOT, "configs"), version_base="1.3"):
+            return compose("train_toy", overrides=[f"run_dir={tmp_path}", "ldm.batch_size=4", f"ldm.max_steps={steps}",
+                                                   "ldm.decay_start=0", "ldm.warmup_steps=1", "ldm.lr=1e-2"])
+    cache = render_cache(str(tmp_path / "cache"), seed_range("train", 8), 128)
+    latents, ldm_dir = torch.randn(8, 4, 16, 16), str(tmp_path / "ldm")
+    out = train_toy.train_ldm(cfg(2), [cache], latents, 1.0, {})
+    first = load_file(out)
+    assert train_toy.stage_progress(ldm_dir)[1] == 2 and train_toy.stage_finished(out, ldm_dir, 60, 2)
+    assert not train_toy.stage_finished(out, ldm_dir, 60, 4)
+    card: dict = {}
+    assert train_toy.train_ldm(cfg(4), [cache], latents, 1.0, card) == out
+    assert train_toy.stage_progress(ldm_dir)[1] == 4 and "ldm" in card                  # trained on, not anew
+    key = "model.diffusion_model.out.2.weight"
+    assert not torch.equal(load_file(out)[key], first[key])
+    stamp, card = os.path.getmtime(out), {}
+    train_toy.train_ldm(cfg(4), [cache], latents, 1.0, card)
+    assert "ldm" not in card and os.path.getmtime(out) == stamp                      # spent: skipped, untouched
+    assert train_toy.stage_finished(out, ldm_dir, 0.0)                               # a spent time budget too
+    assert not train_toy.stage_finished(str(tmp_path / "none.safetensors"), ldm_dir, 60)   # no output: not done
+
+
+def test_raising_the_vae_budget_under_a_trained_unet_is_one_error_line(train_toy, tmp_path, capsys):
+    """Training the VAE on would change the latents the UNet learned: refused unless the budget stays spent."""
+    from hydra import compose, initialize_config_dir
+    from safetensors.torch import save_file
+    with initialize_config_dir(config_dir=os.path.join(ROOT, "configs"), version_base="1.3"):
+        cfg = compose("train_toy", overrides=[f"run_dir={tmp_path}"])
+    train_toy.write_arch(cfg, "vae")
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "vae" / "vae.safetensors"))
+    torch.save({"global_step": 9, "callbacks": {"Timer": {"time_elapsed": {"train": 300.0}}}},
+               tmp_path / "vae" / "last.ckpt")
+    run = [f"run_dir={tmp_path}", "stages=[vae]"]
+    train_toy.precheck(run + ["vae.max_minutes=8"])                   # no UNet yet: the VAE may train on
+    (tmp_path / "ldm").mkdir()
+    (tmp_path / "ldm" / "ldm.safetensors").write_bytes(b"x")
+    train_toy.precheck(run + ["vae.max_minutes=5"])                   # spent: skipped, nothing changes
+    with pytest.raises(SystemExit):
+        train_toy.precheck(run + ["vae.max_minutes=8"])
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err and "5.0 min" in err and "force=[vae]" in err, err
+
+
 def test_force_moves_the_stage_aside_and_a_forced_vae_retrains_the_unet(train_toy, tmp_path):
     from omegaconf import OmegaConf
     cfg = OmegaConf.create({"run_dir": str(tmp_path), "force": ["vae"], "stages": ["vae", "ldm"]})
