@@ -228,6 +228,7 @@ def check_run_dir(cfg: DictConfig) -> None:
                          f"or force=[vae] (the UNet starts again too)")
     for stage in (s for s in ("vae", "decoder", "ldm") if s in cfg.stages and s not in forced):
         stage_dir = os.path.join(cfg.run_dir, stage)
+        stage_progress(stage_dir)                   # readable, or one line now rather than a traceback later
         record = os.path.join(stage_dir, "arch.json")
         if os.path.isfile(record):
             with open(record) as f:
@@ -370,13 +371,18 @@ def _fit(module: pl.LightningModule, loader: DataLoader, stage_dir: str, max_min
 
 
 def stage_progress(stage_dir: str) -> tuple[float, int] | None:
-    """(minutes trained, steps) from the stage's last.ckpt (Lightning's Timer state), None without one."""
+    """(minutes trained, steps) from the stage's last.ckpt (Lightning's Timer state), None without one; ValueError
+    (one line) when it cannot be read."""
     last = os.path.join(stage_dir, "last.ckpt")
     if not os.path.exists(last):
         return None
-    ckpt = torch.load(last, map_location="cpu", weights_only=False, mmap=True)
-    seconds = ckpt.get("callbacks", {}).get("Timer", {}).get("time_elapsed", {}).get("train", 0.0)
-    return seconds / 60, int(ckpt.get("global_step", 0))
+    try:
+        ckpt = torch.load(last, map_location="cpu", weights_only=False, mmap=True)
+        seconds = ckpt.get("callbacks", {}).get("Timer", {}).get("time_elapsed", {}).get("train", 0.0)
+        return float(seconds) / 60, int(ckpt.get("global_step", 0))
+    except Exception as err:  # noqa: BLE001  (truncated by a kill mid-write, or not a Lightning checkpoint)
+        raise ValueError(f"cannot read {last} ({type(err).__name__}): move it aside to start the stage again, or "
+                         f"force=[{os.path.basename(stage_dir)}]") from None
 
 
 def stage_finished(out: str, stage_dir: str, max_minutes: float, max_steps: int = -1) -> bool:

@@ -310,6 +310,11 @@ def test_raising_the_vae_budget_under_a_trained_unet_is_one_error_line(train_toy
         train_toy.precheck(run + ["vae.max_minutes=8"])
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err and "5.0 min" in err and "force=[vae]" in err, err
+    (tmp_path / "vae" / "last.ckpt").write_bytes(b"truncated")          # killed mid-write: one line, not a traceback
+    with pytest.raises(SystemExit):
+        train_toy.precheck(run + ["vae.max_minutes=5"])
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot read") and "\n" not in err and "force=[vae]" in err, err
 
 
 def test_force_moves_the_stage_aside_and_a_forced_vae_retrains_the_unet(train_toy, tmp_path):
