@@ -14,6 +14,7 @@ the same code path as a real `sd-v1-4.ckpt`. `MODEL_CARD.md` records data, comma
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -213,19 +214,22 @@ def check_run_dir(cfg: DictConfig) -> None:
     """A VAE or UNet already in run_dir (exported or a last.ckpt to resume) of a stage this run trains must have
     this run's `arch` sizes: its arch.json must match (sizes that leave the tensor shapes alone, such as head
     channels and GroupNorm groups, count too), and without one (older runs) its tensor names and shapes. A run with
-    other sizes needs another run_dir or `force=[stage]` (the old files are moved aside)."""
+    other sizes needs another run_dir or `force=[stage]` (the old files are moved aside). A VAE that would train on
+    (its budget raised) under a UNet or decoder fine-tune built on it is refused unless those are forced too; an
+    unreadable last.ckpt is refused here rather than once its stage begins."""
     from ldm.models.autoencoder import AutoencoderKL
     from ldm.models.unet import UNetModel
     forced = forced_stages(cfg)
-    vae_dir, ldm_dir = os.path.join(cfg.run_dir, "vae"), os.path.join(cfg.run_dir, "ldm")
-    if ("vae" in cfg.stages and "vae" not in forced and any(os.path.isfile(os.path.join(ldm_dir, f)) for f in
-                                                            ("ldm.safetensors", "last.ckpt"))
-            and not stage_finished(os.path.join(vae_dir, "vae.safetensors"), vae_dir, cfg.vae.max_minutes)
-            and os.path.isfile(os.path.join(vae_dir, "vae.safetensors"))):
-        spent = stage_progress(vae_dir)[0]
-        raise ValueError(f"vae.max_minutes={cfg.vae.max_minutes} would train the VAE beyond the {spent:.1f} min it has had, "
-                         f"but the UNet in {ldm_dir} learned its latents: keep vae.max_minutes <= {spent:.1f}, "
-                         f"or force=[vae] (the UNet starts again too)")
+    if "vae" in cfg.stages and "vae" not in forced and vae_trains_on(cfg):
+        built = [s for s in ("ldm", "decoder") if s not in forced and any(
+            os.path.isfile(os.path.join(cfg.run_dir, s, f)) for f in ("last.ckpt", "ldm.safetensors", "vae.safetensors"))]
+        if built:
+            progress = stage_progress(os.path.join(cfg.run_dir, "vae"))
+            spent = math.floor(progress[0] * 10) / 10 if progress else 0.0
+            raise ValueError(f"vae.max_minutes={cfg.vae.max_minutes} would train the VAE on (it has had {spent} min), "
+                             f"but the {' and '.join(built)} stage in {cfg.run_dir} was built on it: keep "
+                             f"vae.max_minutes <= {spent}, or run {','.join(built)} too with force=[{','.join(built)}]"
+                             f" (they start again)")
     for stage in (s for s in ("vae", "decoder", "ldm") if s in cfg.stages and s not in forced):
         stage_dir = os.path.join(cfg.run_dir, stage)
         stage_progress(stage_dir)                   # readable, or one line now rather than a traceback later
@@ -371,28 +375,43 @@ def _fit(module: pl.LightningModule, loader: DataLoader, stage_dir: str, max_min
 
 
 def stage_progress(stage_dir: str) -> tuple[float, int] | None:
-    """(minutes trained, steps) from the stage's last.ckpt (Lightning's Timer state), None without one; ValueError
-    (one line) when it cannot be read."""
+    """(minutes trained, steps) from the stage's last.ckpt (Lightning's Timer state; infinite minutes when it has
+    none, so that such a stage counts as spent), None without a last.ckpt; ValueError (one line) when unreadable."""
     last = os.path.join(stage_dir, "last.ckpt")
     if not os.path.exists(last):
         return None
     try:
-        ckpt = torch.load(last, map_location="cpu", weights_only=False, mmap=True)
-        seconds = ckpt.get("callbacks", {}).get("Timer", {}).get("time_elapsed", {}).get("train", 0.0)
-        return float(seconds) / 60, int(ckpt.get("global_step", 0))
+        try:
+            ckpt = torch.load(last, map_location="cpu", weights_only=False, mmap=True)
+        except RuntimeError:                               # a legacy (non-zip) file cannot be memory-mapped
+            ckpt = torch.load(last, map_location="cpu", weights_only=False)
+        seconds = ckpt.get("callbacks", {}).get("Timer", {}).get("time_elapsed", {}).get("train")
+        return (math.inf if seconds is None else float(seconds) / 60), int(ckpt.get("global_step", 0))
     except Exception as err:  # noqa: BLE001  (truncated by a kill mid-write, or not a Lightning checkpoint)
-        raise ValueError(f"cannot read {last} ({type(err).__name__}): move it aside to start the stage again, or "
-                         f"force=[{os.path.basename(stage_dir)}]") from None
+        raise ValueError(f"cannot read {last} ({type(err).__name__}): force=[{os.path.basename(stage_dir)}] starts "
+                         f"the stage again (its old files are kept aside)") from None
 
 
 def stage_finished(out: str, stage_dir: str, max_minutes: float, max_steps: int = -1) -> bool:
     """Whether a stage is done: its output exists and its last.ckpt has spent the budget (minutes, or `max_steps`
-    when > 0). A budget raised after the stage stopped resumes it from last.ckpt; an output without a last.ckpt (a
-    VAE taken as it is) is done."""
+    when > 0). A budget raised after the stage stopped resumes it from last.ckpt; an output without a last.ckpt is
+    done (but see `vae_trains_on`)."""
     if not os.path.exists(out):
         return False
     progress = stage_progress(stage_dir)
     return progress is None or progress[0] >= max_minutes or 0 < max_steps <= progress[1]
+
+
+def vae_trains_on(cfg: DictConfig) -> bool:
+    """Whether the vae stage would change an exported VAE: its budget is raised past what its last.ckpt spent, or it
+    was taken as it is from `vae.init` (max_minutes=0, no last.ckpt) and now has minutes to train."""
+    stage_dir = os.path.join(cfg.run_dir, "vae")
+    out = os.path.join(stage_dir, "vae.safetensors")
+    if not os.path.exists(out):
+        return False
+    if stage_progress(stage_dir) is None:
+        return bool(cfg.vae.init) and cfg.vae.max_minutes > 0
+    return not stage_finished(out, stage_dir, cfg.vae.max_minutes)
 
 
 def _last_metric(stage_dir: str, name: str) -> float | None:
@@ -415,7 +434,7 @@ def _crop_loader(cache, tc: VAETrainConfig) -> DataLoader:
 def train_vae(cfg: DictConfig, cache, card: dict) -> str:
     stage_dir = os.path.join(cfg.run_dir, "vae")
     out = os.path.join(stage_dir, "vae.safetensors")
-    if stage_finished(out, stage_dir, cfg.vae.max_minutes):   # force=[vae] has moved it aside (start_fresh)
+    if os.path.exists(out) and not vae_trains_on(cfg):  # force=[vae] has moved it aside (start_fresh)
         return out
     tc = vae_config(cfg)
     module = VAELitModule(arch_configs(cfg)[0], tc)

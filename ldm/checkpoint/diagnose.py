@@ -22,7 +22,7 @@ from ldm.sampling.schedule import alphas_cumprod, scaled_linear_betas
 SHOW = 3                                       # names listed per kind of mismatch
 _UNET_IN = PREFIXES["unet"] + "input_blocks.0.0.weight"
 _UNET_IN_EMA = EMA_PREFIX + "diffusion_modelinput_blocks00weight"
-_VAE_LATENT = PREFIXES["vae"] + "post_quant_conv.weight"                 # [z, z, 1, 1]: the latent width
+_VAE_LATENT = PREFIXES["vae"] + "post_quant_conv.weight"      # [z_channels, embed_dim, 1, 1]: the latent width
 _OPENCLIP_PREFIX = TEXT_PREFIXES["open_clip"]  # SD 2.x FrozenOpenCLIPEmbedder
 _TEXT_EMB = (PREFIXES["text"] + "text_model.embeddings.token_embedding.weight",
              PREFIXES["text"] + "embeddings.token_embedding.weight",            # transformers < 4.17
@@ -63,7 +63,7 @@ def unet_in_channels(state_dict: dict[str, torch.Tensor]) -> int | None:
 
 
 def vae_latent_channels(state_dict: dict[str, torch.Tensor]) -> int | None:
-    """Latent channels of the file's VAE (post_quant_conv is z -> z), None without a VAE."""
+    """Latent channels (embed_dim) of the file's VAE, read from post_quant_conv; None without a VAE."""
     weight = state_dict.get(_VAE_LATENT)
     return int(weight.shape[1]) if weight is not None and weight.ndim == 4 else None
 

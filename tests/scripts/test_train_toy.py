@@ -277,8 +277,10 @@ def test_a_raised_budget_resumes_a_finished_stage_and_a_spent_one_is_skipped(tra
     latents, ldm_dir = torch.randn(8, 4, 16, 16), str(tmp_path / "ldm")
     out = train_toy.train_ldm(cfg(2), [cache], latents, 1.0, {})
     first = load_file(out)
-    assert train_toy.stage_progress(ldm_dir)[1] == 2 and train_toy.stage_finished(out, ldm_dir, 60, 2)
-    assert not train_toy.stage_finished(out, ldm_dir, 60, 4)
+    minutes, steps = train_toy.stage_progress(ldm_dir)
+    assert steps == 2 and 0 < minutes < 1 and train_toy.stage_finished(out, ldm_dir, 60, 2)
+    assert not train_toy.stage_finished(out, ldm_dir, 60, 4) and not train_toy.stage_finished(out, ldm_dir, 60)
+    assert train_toy.stage_finished(out, ldm_dir, minutes, 4)                    # the minutes alone spent
     card: dict = {}
     assert train_toy.train_ldm(cfg(4), [cache], latents, 1.0, card) == out
     assert train_toy.stage_progress(ldm_dir)[1] == 4 and "ldm" in card                  # trained on, not anew
@@ -292,29 +294,85 @@ def test_a_raised_budget_resumes_a_finished_stage_and_a_spent_one_is_skipped(tra
 
 
 def test_raising_the_vae_budget_under_a_trained_unet_is_one_error_line(train_toy, tmp_path, capsys):
-    """Training the VAE on would change the latents the UNet learned: refused unless the budget stays spent."""
+    """Training the VAE on would change the latents the UNet learned and the encoder the decoder fine-tune froze:
+    refused unless the budget stays spent or those stages are forced to start again."""
     from hydra import compose, initialize_config_dir
     from safetensors.torch import save_file
     with initialize_config_dir(config_dir=os.path.join(ROOT, "configs"), version_base="1.3"):
         cfg = compose("train_toy", overrides=[f"run_dir={tmp_path}"])
     train_toy.write_arch(cfg, "vae")
     save_file({"x": torch.zeros(1)}, str(tmp_path / "vae" / "vae.safetensors"))
-    torch.save({"global_step": 9, "callbacks": {"Timer": {"time_elapsed": {"train": 300.0}}}},
-               tmp_path / "vae" / "last.ckpt")
+    torch.save({"global_step": 9, "callbacks": {"Timer": {"time_elapsed": {"train": 300.06}}}},
+               tmp_path / "vae" / "last.ckpt")                           # 5.001 min
     run = [f"run_dir={tmp_path}", "stages=[vae]"]
-    train_toy.precheck(run + ["vae.max_minutes=8"])                   # no UNet yet: the VAE may train on
+
+    def refused(override: str, *words: str) -> None:
+        with pytest.raises(SystemExit):
+            train_toy.precheck(run + override.split())
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and "\n" not in err and all(w in err for w in words), err
+
+    train_toy.precheck(run + ["vae.max_minutes=8"])                   # nothing built on it yet: it may train on
     (tmp_path / "ldm").mkdir()
     (tmp_path / "ldm" / "ldm.safetensors").write_bytes(b"x")
     train_toy.precheck(run + ["vae.max_minutes=5"])                   # spent: skipped, nothing changes
-    with pytest.raises(SystemExit):
-        train_toy.precheck(run + ["vae.max_minutes=8"])
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and "\n" not in err and "5.0 min" in err and "force=[vae]" in err, err
+    refused("vae.max_minutes=8", "has had 5.0 min", "the ldm stage", "force=[ldm]")
+    train_toy.precheck(run[:1] + ["stages=[vae,ldm]", "force=[ldm]", "vae.max_minutes=8"])   # the UNet starts again
+    (tmp_path / "decoder").mkdir()
+    (tmp_path / "decoder" / "vae.safetensors").write_bytes(b"x")
+    refused("stages=[vae,ldm] force=[ldm] vae.max_minutes=8", "the decoder stage", "force=[decoder]")
     (tmp_path / "vae" / "last.ckpt").write_bytes(b"truncated")          # killed mid-write: one line, not a traceback
+    refused("vae.max_minutes=5", "error: cannot read", "force=[vae]")
+
+
+@pytest.mark.parametrize("stage", ["vae", "decoder"])
+def test_the_vae_and_decoder_stages_train_on_when_their_budget_is_raised(train_toy, tmp_path, monkeypatch, stage):
+    """Both stages follow the spent budget, not the export's presence (_fit stubbed: only whether it is called)."""
+    from hydra import compose, initialize_config_dir
+    from safetensors.torch import save_file
+
+    from ldm.models.autoencoder import AutoencoderKL
+    calls = []
+    monkeypatch.setattr(train_toy, "_fit", lambda *a, **k: calls.append(a[3]) or 0.0)
+    monkeypatch.setattr(train_toy, "_crop_loader", lambda *a: None)
+    vae = str(tmp_path / "init.safetensors")
+    save_file({k: v.contiguous() for k, v in AutoencoderKL(presets.TOY_VAE).state_dict().items()}, vae)
+    (tmp_path / stage).mkdir()
+    save_file({"x": torch.zeros(1)}, str(tmp_path / stage / "vae.safetensors"))
+    torch.save({"global_step": 9, "callbacks": {"Timer": {"time_elapsed": {"train": 600.0}}}},
+               tmp_path / stage / "last.ckpt")
+
+    def run(minutes: float) -> None:
+        with initialize_config_dir(config_dir=os.path.join(ROOT, "configs"), version_base="1.3"):
+            cfg = compose("train_toy", overrides=[f"run_dir={tmp_path}", f"{stage}.max_minutes={minutes}"])
+        if stage == "vae":
+            train_toy.train_vae(cfg, None, {})
+        else:
+            train_toy.train_decoder(cfg, None, vae, {})
+    run(10.0)
+    assert calls == []                                                # 10 minutes spent: skipped
+    run(25.0)
+    assert calls == [25.0]                                            # raised: trained on to the new total
+
+
+def test_unreadable_checkpoint_of_any_trained_stage_is_one_error_line(train_toy, tmp_path, capsys):
+    (tmp_path / "ldm").mkdir()
+    (tmp_path / "ldm" / "last.ckpt").write_bytes(b"truncated")
     with pytest.raises(SystemExit):
-        train_toy.precheck(run + ["vae.max_minutes=5"])
+        train_toy.precheck([f"run_dir={tmp_path}", "stages=[ldm]"])
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: cannot read") and "\n" not in err and "force=[vae]" in err, err
+    assert err.startswith("error: cannot read") and "\n" not in err and "force=[ldm]" in err, err
+    train_toy.precheck([f"run_dir={tmp_path}", "stages=[ldm]", "force=[ldm]"])   # forced: moved aside, not read
+
+
+def test_a_vae_taken_from_init_trains_on_once_it_has_minutes(train_toy, tmp_path):
+    from omegaconf import OmegaConf
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "vae" / "vae.safetensors").write_bytes(b"x")
+    cfg = OmegaConf.create({"run_dir": str(tmp_path), "vae": {"init": "some.safetensors", "max_minutes": 0.0}})
+    assert not train_toy.vae_trains_on(cfg)
+    assert train_toy.vae_trains_on(OmegaConf.merge(cfg, {"vae": {"max_minutes": 10.0}}))
+    assert not train_toy.vae_trains_on(OmegaConf.merge(cfg, {"vae": {"init": "", "max_minutes": 10.0}}))
 
 
 def test_force_moves_the_stage_aside_and_a_forced_vae_retrains_the_unet(train_toy, tmp_path):
