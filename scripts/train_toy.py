@@ -221,8 +221,9 @@ def check_run_dir(cfg: DictConfig) -> None:
     from ldm.models.unet import UNetModel
     forced = forced_stages(cfg)
     if "vae" in cfg.stages and "vae" not in forced and vae_trains_on(cfg):
-        built = [s for s in ("ldm", "decoder") if s not in forced and any(
-            os.path.isfile(os.path.join(cfg.run_dir, s, f)) for f in ("last.ckpt", "ldm.safetensors", "vae.safetensors"))]
+        files = ("last.ckpt", "ldm.safetensors", "vae.safetensors")
+        built = [s for s in ("ldm", "decoder")
+                 if s not in forced and any(os.path.isfile(os.path.join(cfg.run_dir, s, f)) for f in files)]
         if built:
             progress = stage_progress(os.path.join(cfg.run_dir, "vae"))
             spent = math.floor(progress[0] * 10) / 10 if progress else 0.0

@@ -325,7 +325,9 @@ def test_inpainting_is_named_from_the_files_own_latent_width():
     """A UNet over an 8-channel VAE takes 17 channels when it inpaints (2C+1), and 8 when it is plain."""
     unet, post = "model.diffusion_model.input_blocks.0.0.weight", "first_stage_model.post_quant_conv.weight"
     base = {post: torch.empty(8, 8, 1, 1, device="meta"), "model.diffusion_model.out.2.weight": torch.empty(1)}
-    label = lambda in_ch: guess_family({**base, unet: torch.empty(32, in_ch, 3, 3, device="meta")})  # noqa: E731
+
+    def label(in_ch: int) -> str:
+        return guess_family({**base, unet: torch.empty(32, in_ch, 3, 3, device="meta")})
     assert label(17).endswith(" inpainting")
     assert not label(8).endswith("channels") and "inpainting" not in label(8)
     assert label(9).endswith("with 9 input channels")                  # SD's 9 is not inpainting at width 8
