@@ -213,12 +213,12 @@ def output_like(source: SourceImage, edited: np.ndarray, edit: np.ndarray) -> np
     pixels = source.pixels
     if edited.shape[:2] != pixels.shape[:2] or edit.shape != pixels.shape[:2]:
         raise ValueError(f"edited {edited.shape} / mask {edit.shape} do not match the source {pixels.shape}")
-    colour = pixels.shape[2] >= 3
-    values = edited.astype(np.uint32) if colour else _luma(edited)[..., None]
+    rgb = edited[edit]                            # [N, 3]: only the edited pixels are converted (a whole-image
+    values = rgb.astype(np.uint32) if pixels.shape[2] >= 3 else _luma(rgb)[..., None]   # uint32 copy was 12 B/px)
     if pixels.dtype == np.uint16:
         values = values * 257
     out = pixels.copy()
-    out[edit, :values.shape[2]] = values[edit].astype(pixels.dtype)
+    out[edit, :values.shape[1]] = values.astype(pixels.dtype)
     return out
 
 

@@ -76,10 +76,11 @@ def estimate_memory(config: MSBDConfig, bundle: ModelBundle, image_hw: tuple[int
                       if grid_side else 0.0),
     }
     # on the device: up to three float copies of the image (the [0, 1] image, the padded or upsampled work image,
-    # the paste-back canvas: 12 B a pixel each) and the stage images; on the host: the uint8 input, its output
-    # copy and the float paste-back strips
+    # the paste-back canvas: 12 B a pixel each) and the stage images; on the host: the uint8 input and result,
+    # the source as stored with the output made from it (msbd.io.output_like; up to 16-bit RGBA, 8 B a pixel
+    # each) and the float paste-back strips
     images = 3 * 3 * 4 * image_hw[0] * image_hw[1] + 16 * 4 * long_edge ** 2
-    host = 2 * 3 * image_hw[0] * image_hw[1] + 3 * 8 * 256 * image_hw[1]
+    host = (2 * 3 + 2 * 8) * image_hw[0] * image_hw[1] + 3 * 8 * 256 * image_hw[1]
     if up.mode == "esrgan" and bundle.upscaler is not None and long_edge > fs.size:
         # the x4 pass runs on the previous stage's result, at most max_edgelen on a side
         parts["upscale.esrgan"] = _upscaler_bytes(bundle, stage_side)

@@ -148,3 +148,29 @@ def test_source_is_oriented_as_load_image(tmp_path, orientation):
     assert np.array_equal(source.pixels, load_image(tmp_path / "in.png"))
     with Image.open(tmp_path / "in.png") as img:
         assert np.array_equal(source.pixels, np.asarray(ImageOps.exif_transpose(img)))
+
+
+@pytest.mark.parametrize("channels, dtype", [(4, np.uint16), (3, np.uint8), (1, np.uint16)])
+def test_output_like_converts_only_the_edited_pixels(channels, dtype):
+    """The output is the source outside the edit and the converted edit inside, and building it costs one copy of
+    the source plus the edited pixels (a whole-image uint32 conversion of the edit was 12 B a pixel, twice)."""
+    import tracemalloc
+
+    from msbd.io import SourceImage, _luma, output_like
+    rng = np.random.default_rng(0)
+    h, w = 600, 500
+    pixels = rng.integers(0, np.iinfo(dtype).max, (h, w, channels), dtype=dtype)
+    edited = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    edit = np.zeros((h, w), bool)
+    edit[100:160, 200:260] = True
+    tracemalloc.start()
+    out = output_like(SourceImage(pixels, None, None), edited, edit)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 1.2 * pixels.nbytes, (peak, pixels.nbytes)
+    np.testing.assert_array_equal(out[~edit], pixels[~edit])
+    scale = 257 if dtype == np.uint16 else 1
+    want = edited[edit].astype(np.uint32) if channels >= 3 else _luma(edited[edit])[..., None]
+    np.testing.assert_array_equal(out[edit][:, :want.shape[1]], (want * scale).astype(dtype))
+    if channels == 4:
+        np.testing.assert_array_equal(out[edit][:, 3], pixels[edit][:, 3])     # alpha: the source's
