@@ -410,9 +410,10 @@ def vae_trains_on(cfg: DictConfig) -> bool:
     out = os.path.join(stage_dir, "vae.safetensors")
     if not os.path.exists(out):
         return False
-    if stage_progress(stage_dir) is None:
+    progress = stage_progress(stage_dir)
+    if progress is None:
         return bool(cfg.vae.init) and cfg.vae.max_minutes > 0
-    return not stage_finished(out, stage_dir, cfg.vae.max_minutes)
+    return progress[0] < cfg.vae.max_minutes                       # the vae stage has no step budget
 
 
 def _last_metric(stage_dir: str, name: str) -> float | None:
