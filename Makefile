@@ -78,9 +78,9 @@ evidence-report: $(STAMP)
 # Toy world v2 (issue 18): a VAE with 8 latent channels and a 10 M-parameter UNet (width 48, 16 GroupNorm groups) on
 # twice the single-object scenes, then its VAE decoder fine-tuned (encoder frozen), about 100 + 200 + 30 minutes on 2
 # cores, in the background. Resumable: run it again after a stop, or with a stage's budget raised, and that stage
-# continues from its last.ckpt (the VAE's only while no UNet has learned its latents). It writes into $(TOY_V2_DIR)/export, not over the shipped
-# weights; measure it with `python scripts/run.py +experiment=toy_quality model.ckpt=$(TOY_V2_DIR)/export/toy-ldm.safetensors
-# model.ldm_config=$(TOY_V2_DIR)/export/toy-ldm.json`.
+# continues from its last.ckpt (the VAE only while no UNet or decoder fine-tune is built on it). It writes into
+# $(TOY_V2_DIR)/export, not over the shipped weights; measure it with `python scripts/run.py +experiment=toy_quality
+# model.ckpt=$(TOY_V2_DIR)/export/toy-ldm.safetensors model.ldm_config=$(TOY_V2_DIR)/export/toy-ldm.json`.
 TOY_V2_DIR ?= train_runs/toy_v2
 TOY_V2 := run_dir=$(TOY_V2_DIR) export_dir=$(TOY_V2_DIR)/export 'stages=[vae,ldm,decoder]' arch.latent_channels=8 \
 	arch.unet_channels=48 arch.unet_head_channels=24 arch.unet_norm_groups=16 data.n_single=16000 \
